@@ -1,0 +1,556 @@
+// Baseline "raw_uring": hand-written liburing without coroutines.
+//  - one ring per thread, IORING_SETUP_SINGLE_ISSUER|DEFER_TASKRUN (falls back to a
+//    plain ring, with a note, if the kernel refuses), CQ sized 4x the SQ, registered
+//    ring fd;
+//  - one io_uring_submit_and_wait per loop turn (all SQEs of the turn batched), CQEs
+//    copied out and the CQ advanced before they are handled;
+//  - sockets are blocking (no O_NONBLOCK) and use RECV/SEND/RECVMSG/SENDMSG SQEs with
+//    MSG_NOSIGNAL, never READ/WRITE; small atomic sends and closes use
+//    IOSQE_CQE_SKIP_SUCCESS; at most one send and one recv in flight per socket.
+//  - recvs are posted as soon as the previous one completed ("the usual design":
+//    a recv is armed before its data is sent).
+// Variants registered here:
+//  raw_uring_nodt    the same code on a ring without SINGLE_ISSUER|DEFER_TASKRUN;
+//  raw_uring_inline  pingpong only: each recv is submitted in the same enter as,
+//                    and after, the send that feeds it, so it finds its data and
+//                    completes inline (no poll arm, no task-work).  Needs to know
+//                    the peer is local: an upper bound, not a reactive design.
+#include <fcntl.h>
+#include <liburing.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <string>
+#include <vector>
+
+#include "harness.hpp"
+#include "sockutil.hpp"
+
+namespace {
+
+using namespace bench;
+
+struct config {
+  const char* name;
+  bool defer_taskrun;
+  bool inline_recv;
+};
+
+constexpr config cfg_default{"raw_uring", true, false};
+constexpr config cfg_nodt{"raw_uring_nodt", false, false};
+constexpr config cfg_inline{"raw_uring_inline", true, true};
+
+struct completion {
+  std::uint64_t user_data;
+  std::int32_t res;
+  std::uint32_t flags;
+};
+
+enum op : std::uint64_t { recv_a, recv_b, send_a, send_b, op_close, op_connect, op_accept, op_sendmsg, op_recvmsg };
+constexpr std::uint64_t ud(std::size_t index, op o) { return (static_cast<std::uint64_t>(index) << 4) | o; }
+constexpr std::size_t ud_index(std::uint64_t u) { return static_cast<std::size_t>(u >> 4); }
+constexpr op ud_op(std::uint64_t u) { return static_cast<op>(u & 15); }
+
+[[noreturn]] void throw_res(int res, const char* what) { throw std::system_error(-res, std::generic_category(), what); }
+
+unsigned pow2_at_least(std::size_t n) {
+  unsigned p = 1;
+  while (p < n) p <<= 1;
+  return p;
+}
+
+class ring {
+ public:
+  ring(const config& cfg, unsigned entries, unsigned cq_entries) {
+    io_uring_params p{};
+    p.flags = IORING_SETUP_CQSIZE;
+    p.cq_entries = cq_entries;
+    if (cfg.defer_taskrun) p.flags |= IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+    int r = io_uring_queue_init_params(entries, &r_, &p);
+    if (r < 0 && cfg.defer_taskrun) {
+      add_note(std::string(cfg.name) + ": SINGLE_ISSUER|DEFER_TASKRUN refused (" + std::to_string(-r) +
+               "), using a plain ring");
+      p = io_uring_params{};
+      p.flags = IORING_SETUP_CQSIZE;
+      p.cq_entries = cq_entries;
+      r = io_uring_queue_init_params(entries, &r_, &p);
+    }
+    if (r < 0) throw_res(r, "io_uring_queue_init_params");
+    io_uring_register_ring_fd(&r_);  // optional speed-up; ignore failure
+  }
+  ~ring() { io_uring_queue_exit(&r_); }
+  ring(const ring&) = delete;
+  ring& operator=(const ring&) = delete;
+
+  io_uring_sqe* sqe() {
+    io_uring_sqe* e = io_uring_get_sqe(&r_);
+    if (e == nullptr) {  // SQ full: submit what is there (never fail an op for that)
+      io_uring_submit(&r_);
+      e = io_uring_get_sqe(&r_);
+      if (e == nullptr) throw std::runtime_error("io_uring: no SQE after submit");
+    }
+    return e;
+  }
+
+  // Submit everything queued, wait for at least one CQE (unless some are ready),
+  // copy a batch out, advance the CQ, then hand each completion to f.
+  template <class F>
+  void turn(F&& f) {
+    if (io_uring_sq_ready(&r_) != 0 || io_uring_cq_ready(&r_) == 0) {
+      for (;;) {
+        int rc = io_uring_submit_and_wait(&r_, 1);
+        if (rc >= 0 || rc == -EBUSY || rc == -EAGAIN) break;  // EBUSY/EAGAIN: reap first
+        if (rc != -EINTR) throw_res(rc, "io_uring_submit_and_wait");
+      }
+    }
+    std::array<io_uring_cqe*, batch> cqes;
+    unsigned n = io_uring_peek_batch_cqe(&r_, cqes.data(), batch);
+    std::array<completion, batch> done;
+    for (unsigned i = 0; i < n; ++i) done[i] = {cqes[i]->user_data, cqes[i]->res, cqes[i]->flags};
+    io_uring_cq_advance(&r_, n);
+    for (unsigned i = 0; i < n; ++i) f(done[i]);
+  }
+
+  // Submit without waiting (e.g. trailing close SQEs at the end of a slice).
+  void flush() { io_uring_submit(&r_); }
+
+  void check_overflow() const {
+    if (*r_.cq.koverflow != 0) throw std::runtime_error("io_uring: CQ overflow dropped completions");
+  }
+
+  void send(int fd, const void* p, std::size_t n, int flags, std::uint64_t data, bool skip_success) {
+    io_uring_sqe* e = sqe();
+    io_uring_prep_send(e, fd, p, n, flags | MSG_NOSIGNAL);
+    if (skip_success) e->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    e->user_data = data;
+  }
+  void recv(int fd, void* p, std::size_t n, std::uint64_t data) {
+    io_uring_sqe* e = sqe();
+    io_uring_prep_recv(e, fd, p, n, 0);
+    e->user_data = data;
+  }
+  void close(int fd) {
+    io_uring_sqe* e = sqe();
+    io_uring_prep_close(e, fd);
+    e->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    e->user_data = ud(0, op_close);
+  }
+
+ private:
+  static constexpr unsigned batch = 256;
+  io_uring r_{};
+};
+
+// A CQE of an op posted with CQE_SKIP_SUCCESS only arrives on failure (or, for a
+// send, if it was short: treat that as an error too; small sends are atomic).
+void check_skipped(const completion& c, std::size_t expect, const char* what) {
+  if (c.res < 0) throw_res(c.res, what);
+  if (static_cast<std::size_t>(c.res) != expect) throw std::runtime_error(std::string(what) + ": short");
+}
+
+// kind::pingpong: N socketpairs, all 2N ends on one ring.
+class pingpong final : public session {
+ public:
+  pingpong(const workload& w, const config& cfg)
+      : cfg_(cfg),
+        msg_(w.msg_size),
+        out_(msg_, 'p'),
+        in_(2 * w.conns * msg_),
+        got_(2 * w.conns),
+        t0_(w.conns),
+        ring_(cfg, std::min(4096U, pow2_at_least(std::max<std::size_t>(64, 2 * w.conns + 8))),
+              pow2_at_least(std::max<std::size_t>(256, 4 * w.conns))) {
+    for (std::size_t i = 0; i < w.conns; ++i) pairs_.push_back(make_socketpair(SOCK_STREAM));
+  }
+
+  counts run(slice& s) override {
+    counts c;
+    if (!started_) {
+      for (std::size_t i = 0; i < pairs_.size(); ++i) {
+        if (!cfg_.inline_recv) {
+          post_recv(i, recv_b);
+          post_recv(i, recv_a);
+        }
+        start(s, i);
+      }
+      started_ = true;
+    }
+    while (!s.done(c.ops)) {
+      ring_.turn([&](const completion& cq) {
+        const std::size_t i = ud_index(cq.user_data);
+        switch (const op o = ud_op(cq.user_data)) {
+          case recv_a:
+          case recv_b: {
+            if (cq.res <= 0) cq.res == 0 ? throw std::runtime_error("recv: EOF") : throw_res(cq.res, "recv");
+            std::size_t& got = got_[2 * i + (o == recv_b)];
+            got += static_cast<std::size_t>(cq.res);
+            if (got < msg_) {  // partial: read the rest
+              post_recv(i, o);
+              break;
+            }
+            got = 0;
+            if (o == recv_b) {  // B echoes
+              ring_.send(pairs_[i].b.get(), out_.data(), msg_, 0, ud(i, send_b), true);
+              post_recv(i, cfg_.inline_recv ? recv_a : recv_b);
+            } else {  // round trip complete
+              if (t0_[i] != 0) s.record_latency(slice::now_ns() - t0_[i]);
+              ++c.ops;
+              if (!cfg_.inline_recv) post_recv(i, recv_a);
+              start(s, i);
+            }
+            break;
+          }
+          case send_a:
+          case send_b:
+            check_skipped(cq, msg_, "send");
+            break;
+          default:
+            throw std::runtime_error("unexpected CQE");
+        }
+      });
+    }
+    ring_.check_overflow();
+    // Round trips still in flight finish in a later slice: don't time them.
+    std::fill(t0_.begin(), t0_.end(), 0);
+    c.bytes = c.ops * msg_ * 2;
+    return c;
+  }
+
+ private:
+  void post_recv(std::size_t i, op o) {
+    const std::size_t slot = 2 * i + (o == recv_b);
+    const int fd = o == recv_b ? pairs_[i].b.get() : pairs_[i].a.get();
+    ring_.recv(fd, in_.data() + slot * msg_ + got_[slot], msg_ - got_[slot], ud(i, o));
+  }
+  void start(slice& s, std::size_t i) {
+    t0_[i] = s.sample(seq_++) ? slice::now_ns() : 0;
+    ring_.send(pairs_[i].a.get(), out_.data(), msg_, 0, ud(i, send_a), true);
+    if (cfg_.inline_recv) post_recv(i, recv_b);  // after the send that feeds it
+  }
+
+  // Destroyed bottom-up: the ring (cancelling in-flight ops) goes before the
+  // sockets and the buffers the ops point into.
+  config cfg_;
+  std::size_t msg_;
+  std::vector<char> out_, in_;
+  std::vector<std::size_t> got_;
+  std::vector<std::int64_t> t0_;
+  std::vector<fd_pair> pairs_;
+  ring ring_;
+  std::uint64_t seq_ = 0;
+  bool started_ = false;
+};
+
+// kind::pingpong_2thread: client on this thread's ring, echo server on a peer
+// thread with its own ring.
+class pingpong_2thread final : public session {
+ public:
+  pingpong_2thread(const workload& w, const config& cfg)
+      : cfg_(cfg), msg_(w.msg_size), out_(msg_, 'p'), in_(msg_), echo_(msg_), p_(make_socketpair(SOCK_STREAM)), ring_(cfg, 64, 256) {
+    const int b = p_.b.get();
+    peer_.start(
+        b, [this, b] { echo_loop(b); }, [b] { ::shutdown(b, SHUT_RDWR); });
+  }
+
+  counts run(slice& s) override {
+    counts c;
+    const int a = p_.a.get();
+    while (!s.done(c.ops)) {
+      std::int64_t t0 = s.sample(c.ops) ? slice::now_ns() : 0;
+      ring_.send(a, out_.data(), msg_, 0, ud(0, send_a), true);
+      ring_.recv(a, in_.data(), msg_, ud(0, recv_a));
+      std::size_t got = 0;
+      while (got < msg_) {
+        ring_.turn([&](const completion& cq) {
+          if (ud_op(cq.user_data) == send_a) return check_skipped(cq, msg_, "send");
+          if (cq.res <= 0) {
+            peer_.check();
+            cq.res == 0 ? throw std::runtime_error("recv: EOF") : throw_res(cq.res, "recv");
+          }
+          got += static_cast<std::size_t>(cq.res);
+          if (got < msg_) ring_.recv(a, in_.data() + got, msg_ - got, ud(0, recv_a));
+        });
+      }
+      if (t0 != 0) s.record_latency(slice::now_ns() - t0);
+      ++c.ops;
+    }
+    ring_.check_overflow();
+    c.bytes = c.ops * msg_ * 2;
+    return c;
+  }
+
+ private:
+  void echo_loop(int b) {
+    ring r(cfg_, 64, 256);  // created on, and used only by, this thread
+    std::size_t got = 0;
+    bool stop = false;
+    r.recv(b, echo_.data(), msg_, ud(0, recv_b));
+    while (!stop) {
+      r.turn([&](const completion& cq) {
+        if (ud_op(cq.user_data) == send_b) return check_skipped(cq, msg_, "send");
+        if (cq.res == 0) {  // shutdown by stop_and_join
+          stop = true;
+          return;
+        }
+        if (cq.res < 0) throw_res(cq.res, "recv");
+        got += static_cast<std::size_t>(cq.res);
+        if (got == msg_) {
+          got = 0;
+          r.send(b, echo_.data(), msg_, 0, ud(0, send_b), true);
+        }
+        r.recv(b, echo_.data() + got, msg_ - got, ud(0, recv_b));
+      });
+    }
+  }
+
+  config cfg_;
+  std::size_t msg_;
+  std::vector<char> out_, in_, echo_;
+  fd_pair p_;
+  ring ring_;
+  peer_thread peer_;  // joined first
+};
+
+// kind::one_way: writer on this thread's ring (one send in flight, MSG_WAITALL on
+// streams so the kernel retries partial sends), reader thread with its own ring.
+class one_way final : public session {
+ public:
+  one_way(const workload& w, const config& cfg)
+      : cfg_(cfg),
+        msg_(w.msg_size),
+        send_flags_(w.sock_type == SOCK_STREAM ? MSG_WAITALL : 0),
+        out_(msg_, 'w'),
+        in_(msg_),
+        p_(make_socketpair(w.sock_type)),
+        ring_(cfg, 64, 256) {
+    const int b = p_.b.get();
+    peer_.start(
+        b, [this, b] { read_loop(b); },
+        [this, b] {
+          prog_.fail();
+          ::shutdown(b, SHUT_RDWR);
+        });
+  }
+
+  counts run(slice& s) override {
+    counts c;
+    const int a = p_.a.get();
+    std::size_t off = 0;
+    while (off != 0 || !s.done(c.ops)) {
+      ring_.send(a, out_.data() + off, msg_ - off, send_flags_, ud(0, send_a), false);
+      ring_.turn([&](const completion& cq) {
+        if (cq.res < 0) {
+          peer_.check();
+          throw_res(cq.res, "send");
+        }
+        off += static_cast<std::size_t>(cq.res);
+        if (off == msg_) {
+          off = 0;
+          ++c.ops;
+        }
+      });
+    }
+    ring_.check_overflow();
+    c.bytes = c.ops * msg_;
+    written_ += c.bytes;
+    prog_.wait_for(written_);
+    return c;
+  }
+
+ private:
+  void read_loop(int b) {
+    ring r(cfg_, 64, 256);
+    bool stop = false;
+    r.recv(b, in_.data(), msg_, ud(0, recv_b));
+    while (!stop) {
+      r.turn([&](const completion& cq) {
+        if (cq.res == 0) {
+          stop = true;
+          return;
+        }
+        if (cq.res < 0) throw_res(cq.res, "recv");
+        prog_.add(static_cast<std::uint64_t>(cq.res));
+        r.recv(b, in_.data(), msg_, ud(0, recv_b));
+      });
+    }
+  }
+
+  config cfg_;
+  std::size_t msg_;
+  int send_flags_;
+  std::vector<char> out_, in_;
+  progress prog_;
+  std::uint64_t written_ = 0;
+  fd_pair p_;
+  ring ring_;
+  peer_thread peer_;  // joined first
+};
+
+// kind::accept: multishot ACCEPT armed once on the listener; per cycle a socket()
+// syscall, a CONNECT SQE, and two CLOSE SQEs (CQE_SKIP_SUCCESS) that ride along
+// with the next cycle's CONNECT.
+class accept_rate final : public session {
+ public:
+  accept_rate(const workload&, const config& cfg)
+      : addr_(dir_.path("listen.sock")), lst_(make_listener(addr_)), ring_(cfg, 64, 256) {}
+  ~accept_rate() override {
+    try {
+      ring_.flush();
+    } catch (...) {
+    }
+  }
+
+  counts run(slice& s) override {
+    counts c;
+    while (!s.done(c.ops)) {
+      if (!armed_) {
+        io_uring_sqe* e = ring_.sqe();
+        io_uring_prep_multishot_accept(e, lst_.get(), nullptr, nullptr, SOCK_CLOEXEC);
+        e->user_data = ud(0, op_accept);
+        armed_ = true;
+      }
+      int cl = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      if (cl < 0) throw_errno("socket");
+      io_uring_sqe* e = ring_.sqe();
+      io_uring_prep_connect(e, cl, addr_.get(), addr_.len);
+      e->user_data = ud(0, op_connect);
+      bool connected = false;
+      int accepted = -1;
+      while (!connected || accepted < 0) {
+        ring_.turn([&](const completion& cq) {
+          switch (ud_op(cq.user_data)) {
+            case op_connect:
+              if (cq.res < 0) {
+                ::close(cl);
+                throw_res(cq.res, "connect");
+              }
+              connected = true;
+              break;
+            case op_accept:
+              if ((cq.flags & IORING_CQE_F_MORE) == 0) armed_ = false;
+              if (cq.res < 0) throw_res(cq.res, "accept");
+              accepted = cq.res;
+              break;
+            case op_close:
+              throw_res(cq.res, "close");
+            default:
+              throw std::runtime_error("unexpected CQE");
+          }
+        });
+      }
+      ring_.close(accepted);
+      ring_.close(cl);
+      ++c.ops;
+    }
+    ring_.flush();  // don't keep the last pair open between slices
+    ring_.check_overflow();
+    return c;
+  }
+
+ private:
+  temp_dir dir_;
+  unix_addr addr_;
+  unique_fd lst_;
+  ring ring_;
+  bool armed_ = false;
+};
+
+// kind::fd_passing: per op [CLOSE(previous fd), RECVMSG(B), SENDMSG(A)] in one
+// enter; the received descriptor is closed by a CLOSE SQE.
+class fd_passing final : public session {
+ public:
+  fd_passing(const workload&, const config& cfg)
+      : p_(make_socketpair(SOCK_STREAM)), payload_(::open("/dev/null", O_RDONLY | O_CLOEXEC)), snd_(payload_.get()), ring_(cfg, 64, 256) {
+    if (!payload_) throw_errno("open /dev/null");
+  }
+  ~fd_passing() override {
+    try {
+      ring_.flush();
+    } catch (...) {
+    }
+  }
+
+  counts run(slice& s) override {
+    counts c;
+    while (!s.done(c.ops)) {
+      rcv_.reset();
+      io_uring_sqe* e = ring_.sqe();
+      io_uring_prep_recvmsg(e, p_.b.get(), &rcv_.msg, MSG_CMSG_CLOEXEC);
+      e->user_data = ud(0, op_recvmsg);
+      e = ring_.sqe();
+      io_uring_prep_sendmsg(e, p_.a.get(), &snd_.msg, MSG_NOSIGNAL);
+      e->flags |= IOSQE_CQE_SKIP_SUCCESS;
+      e->user_data = ud(0, op_sendmsg);
+      bool received = false;
+      while (!received) {
+        ring_.turn([&](const completion& cq) {
+          switch (ud_op(cq.user_data)) {
+            case op_recvmsg: {
+              if (cq.res != 1) cq.res < 0 ? throw_res(cq.res, "recvmsg") : throw std::runtime_error("recvmsg: EOF");
+              unsigned n = rcv_.for_each_fd([&](int fd) { ring_.close(fd); });
+              if ((rcv_.msg.msg_flags & MSG_CTRUNC) != 0) throw std::runtime_error("recvmsg: MSG_CTRUNC");
+              if (n == 0) throw std::runtime_error("recvmsg: no descriptor arrived");
+              c.ops += n;
+              c.bytes += 1;
+              received = true;
+              break;
+            }
+            case op_sendmsg:
+              check_skipped(cq, 1, "sendmsg");
+              break;
+            case op_close:
+              throw_res(cq.res, "close");
+            default:
+              throw std::runtime_error("unexpected CQE");
+          }
+        });
+      }
+    }
+    ring_.flush();
+    ring_.check_overflow();
+    return c;
+  }
+
+ private:
+  fd_pair p_;
+  unique_fd payload_;
+  fd_send_msg snd_;
+  fd_recv_msg rcv_;
+  ring ring_;
+};
+
+template <class Session, bool PeerWaitsInUring = false>
+factory with(const config& cfg) {
+  return [&cfg](const workload& w) -> std::unique_ptr<session> {
+    if (PeerWaitsInUring && running_on_valgrind()) {
+      add_note(std::string(cfg.name) + ": two-thread workloads skipped under valgrind (deadlocks in io_uring_enter)");
+      return nullptr;
+    }
+    return std::make_unique<Session>(w, cfg);
+  };
+}
+
+implementation all_kinds(const config& cfg, std::string description) {
+  return {cfg.name,
+          std::move(description),
+          {
+              {kind::pingpong, with<pingpong>(cfg)},
+              {kind::pingpong_2thread, with<pingpong_2thread, true>(cfg)},
+              {kind::one_way, with<one_way, true>(cfg)},
+              {kind::accept, with<accept_rate>(cfg)},
+              {kind::fd_passing, with<fd_passing>(cfg)},
+          }};
+}
+
+const registrar reg_default{all_kinds(
+    cfg_default, "hand-written liburing, ring per thread, SINGLE_ISSUER|DEFER_TASKRUN, recv pre-posted")};
+const registrar reg_nodt{all_kinds(cfg_nodt, "raw_uring on a ring without SINGLE_ISSUER|DEFER_TASKRUN")};
+const registrar reg_inline{{
+    .name = cfg_inline.name,
+    .description = "raw_uring, recv submitted right after the send that feeds it (not reactive; upper bound)",
+    .factories = {{kind::pingpong, with<pingpong>(cfg_inline)}},
+}};
+
+}  // namespace

@@ -1,0 +1,95 @@
+#include "sockutil.hpp"
+
+#include "harness.hpp"
+
+#include <sys/stat.h>
+
+#include <cstdlib>
+#include <cstring>
+
+namespace bench {
+
+temp_dir::temp_dir() {
+  const char* base = std::getenv("TMPDIR");
+  std::string tmpl = std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/ringsock-bench-XXXXXX";
+  if (::mkdtemp(tmpl.data()) == nullptr) throw_errno("mkdtemp");
+  dir_ = tmpl;
+}
+
+temp_dir::~temp_dir() {
+  // Only our own socket files live here; remove them, then the directory.
+  for (const char* name : {"listen.sock"}) ::unlink(path(name).c_str());
+  ::rmdir(dir_.c_str());
+}
+
+fd_send_msg::fd_send_msg(int fd) {
+  iov.iov_base = &byte;
+  iov.iov_len = 1;
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+}
+
+fd_recv_msg::fd_recv_msg() {
+  iov.iov_base = &byte;
+  iov.iov_len = 1;
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  reset();
+}
+
+unsigned fd_recv_msg::close_fds(int flags) {
+  unsigned n = for_each_fd([](int fd) { ::close(fd); });
+  if ((flags & MSG_CTRUNC) != 0) throw std::runtime_error("recvmsg: MSG_CTRUNC, descriptors lost");
+  if (n == 0) throw std::runtime_error("recvmsg: no descriptor arrived");
+  return n;
+}
+
+unix_addr::unix_addr(const std::string& path) {
+  sun.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(sun.sun_path)) throw std::system_error(ENAMETOOLONG, std::generic_category(), path);
+  std::memcpy(sun.sun_path, path.c_str(), path.size() + 1);
+  len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size() + 1);
+}
+
+unique_fd make_listener(const unix_addr& addr, int extra_flags, int backlog) {
+  unique_fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | extra_flags, 0));
+  if (!fd) throw_errno("socket");
+  if (::fchmod(fd.get(), 0600) != 0) throw_errno("fchmod");
+  if (::bind(fd.get(), addr.get(), addr.len) != 0) throw_errno("bind");
+  if (::listen(fd.get(), backlog) != 0) throw_errno("listen");
+  return fd;
+}
+
+void peer_thread::start(int wake_fd, std::function<void()> fn, std::function<void()> on_error) {
+  wake_fd_ = wake_fd;
+  thread_ = std::thread([this, fn = std::move(fn), on_error = std::move(on_error)] {
+    pin_peer_thread();
+    try {
+      fn();
+    } catch (...) {
+      error_ = std::current_exception();
+      failed_.store(true, std::memory_order_release);
+      if (on_error) on_error();
+    }
+  });
+}
+
+void peer_thread::stop_and_join() noexcept {
+  if (!thread_.joinable()) return;
+  if (wake_fd_ >= 0) ::shutdown(wake_fd_, SHUT_RDWR);
+  thread_.join();
+}
+
+void peer_thread::check() const {
+  if (failed_.load(std::memory_order_acquire) && error_) std::rethrow_exception(error_);
+}
+
+}  // namespace bench

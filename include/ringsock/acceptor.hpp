@@ -1,0 +1,290 @@
+// acceptor: a listening Unix socket. It binds safely (see listen_options), accepts with
+// one multishot ACCEPT request shared by all waiting coroutines, and on close removes
+// its socket file only if it is still the node it created.
+#pragma once
+
+#include <liburing.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <deque>
+#include <memory>
+#include <utility>
+
+#include "detail/operation.hpp"
+#include "detail/socket_file.hpp"
+#include "endpoint.hpp"
+#include "io_context.hpp"
+#include "io_result.hpp"
+#include "op_limits.hpp"
+#include "stream_socket.hpp"
+#include "unique_fd.hpp"
+
+namespace ringsock {
+
+struct listen_options {
+    /// Mode of the socket file from the moment it exists. 0600: only the owner.
+    mode_t mode = 0600;
+    int backlog = SOMAXCONN;
+    /// Replace a socket file nobody listens on (a crashed server's). A live server's
+    /// socket is never touched, nor is anything that is not a socket.
+    bool replace_stale = true;
+    /// Remove the socket file on close (only if it is still the node we created).
+    bool remove_on_close = true;
+};
+
+namespace detail {
+
+/// One multishot ACCEPT feeding a queue of accepted descriptors. Armed while someone
+/// waits; hands each descriptor to the oldest waiter, or queues it (up to a cap, then
+/// it stops accepting until the queue drains, so the kernel backlog applies).
+class accept_engine final : public operation {
+public:
+    static constexpr std::size_t queue_cap = 256;
+
+    accept_engine(io_context& ctx, int fd) noexcept : operation(ctx, {}), listen_fd_(fd) {}
+    ~accept_engine() override {
+        shut();
+        for (int fd : queue_) ::close(fd);
+    }
+
+    bool is_internal() const noexcept override { return true; }
+    void prepare(io_uring_sqe* sqe) noexcept override {
+        io_uring_prep_multishot_accept(sqe, listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    }
+    void on_cqe(int res, unsigned flags) noexcept override {
+        if (res >= 0) {
+            if (closing_) {
+                ::close(res);
+            } else if (auto* w = static_cast<operation*>(waiters_.waiters.pop_front())) {
+                hand(w, res);
+            } else {
+                queue_.push_back(res);
+                // Nobody is accepting fast enough: stop, and let the kernel backlog fill.
+                if (queue_.size() >= queue_cap && (flags & IORING_CQE_F_MORE)) ctx_->request_cancel(this);
+            }
+        } else if (res != -ECANCELED || !closing_) {
+            last_error_ = res;
+        }
+    }
+    bool on_complete() noexcept override {
+        state_ = op_state::idle;
+        cancel_requested_ = cancel_sent_ = false;
+        int err = std::exchange(last_error_, 0);
+        if (closing_) return false;
+        // A terminal error (EMFILE, ENFILE, ...) goes to one waiter, who decides what to
+        // do; -ECANCELED from our own throttling is not an error.
+        if (err != 0 && err != -ECANCELED) {
+            if (auto* w = static_cast<operation*>(waiters_.waiters.pop_front())) hand(w, err);
+        }
+        arm();
+        return false;
+    }
+
+    /// Takes a queued descriptor, or -1.
+    int take() noexcept {
+        if (queue_.empty()) return -1;
+        int fd = queue_.front();
+        queue_.pop_front();
+        return fd;
+    }
+    op_gate* waiters() noexcept { return &waiters_; }
+    void arm() noexcept {
+        if (closing_ || state_ != op_state::idle || waiters_.waiters.empty()) return;
+        if (queue_.size() >= queue_cap) return;
+        ctx_->submit(this);
+    }
+    /// Stops accepting and waits until the kernel has let go of the request.
+    void shut() noexcept {
+        closing_ = true;
+        settle();
+        state_ = op_state::idle;
+    }
+
+private:
+    void hand(operation* w, int res) noexcept;
+
+    int listen_fd_;
+    op_gate waiters_{true, {}};  // always "busy": accept waiters queue here
+    std::deque<int> queue_;
+    int last_error_ = 0;
+    bool closing_ = false;
+};
+
+/// The awaiter of acceptor::accept() without a time limit: waits in the engine's queue.
+class accept_wait final : public operation {
+public:
+    accept_wait(io_context& ctx, accept_engine* engine, const op_limits& lim) noexcept
+        : operation(ctx, lim), engine_(engine) {
+        gate_ = engine->waiters();
+    }
+    ~accept_wait() override {
+        settle();
+        if (handed_ && res_ >= 0) ::close(res_);  // handed over but never resumed
+    }
+    bool await_ready() noexcept {
+        if (!operation::await_ready()) {
+            int fd = engine_->take();
+            if (fd < 0) return false;
+            res_ = fd;
+            handed_ = true;
+        }
+        state_ = op_state::done;
+        return true;
+    }
+    void await_suspend(std::coroutine_handle<> h) {
+        operation::await_suspend(h);
+        engine_->arm();
+    }
+    void prepare(io_uring_sqe*) noexcept override {}  // never submitted: it only waits
+    io_result<stream_socket> await_resume() noexcept {
+        finish_wait();
+        if (res_ < 0) return {result_error(), "accept"};
+        handed_ = false;
+        return stream_socket(*ctx_, unique_fd(res_));
+    }
+    void take_fd(int res) noexcept {
+        res_ = res;
+        handed_ = res >= 0;
+    }
+
+private:
+    accept_engine* engine_;
+    bool handed_ = false;
+};
+
+inline void accept_engine::hand(operation* w, int res) noexcept {
+    static_cast<accept_wait*>(w)->take_fd(res);
+    ctx_->make_ready_op(w);
+}
+
+/// accept() with a time limit: a single-shot ACCEPT linked to a timeout.
+class accept_once final : public operation {
+public:
+    accept_once(io_context& ctx, int fd, const op_limits& lim) noexcept : operation(ctx, lim), fd_(fd) {}
+    ~accept_once() override {
+        settle();
+        if (unconsumed_ && res_ >= 0) ::close(res_);  // accepted but never resumed
+    }
+    void prepare(io_uring_sqe* sqe) noexcept override {
+        io_uring_prep_accept(sqe, fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    }
+    void on_cqe(int res, unsigned flags) noexcept override {
+        operation::on_cqe(res, flags);
+        unconsumed_ = res >= 0;
+    }
+    io_result<stream_socket> await_resume() noexcept {
+        finish_wait();
+        unconsumed_ = false;
+        if (res_ < 0) return {result_error(), "accept"};
+        return stream_socket(*ctx_, unique_fd(res_));
+    }
+
+private:
+    int fd_;
+    bool unconsumed_ = false;
+};
+
+/// Either way of accepting, chosen at the call: an awaiter that forwards to one of them.
+class accept_op {
+public:
+    accept_op(io_context& ctx, int fd, accept_engine* engine, const op_limits& lim) {
+        if (lim.timeout) once_.emplace(ctx, fd, lim);
+        else wait_.emplace(ctx, engine, lim);
+    }
+    bool await_ready() noexcept { return wait_ ? wait_->await_ready() : once_->await_ready(); }
+    void await_suspend(std::coroutine_handle<> h) {
+        if (wait_) wait_->await_suspend(h);
+        else once_->await_suspend(h);
+    }
+    io_result<stream_socket> await_resume() noexcept {
+        return wait_ ? wait_->await_resume() : once_->await_resume();
+    }
+
+private:
+    std::optional<accept_wait> wait_;
+    std::optional<accept_once> once_;
+};
+
+}  // namespace detail
+
+/// A listening stream socket on a path or abstract name.
+class acceptor {
+public:
+    acceptor() noexcept = default;
+    acceptor(acceptor&& o) noexcept
+        : ctx_(o.ctx_), fd_(std::move(o.fd_)), engine_(std::move(o.engine_)), bound_(std::move(o.bound_)) {
+        o.bound_.owned = false;
+    }
+    acceptor& operator=(acceptor&& o) noexcept {
+        if (this != &o) {
+            close();
+            ctx_ = o.ctx_;
+            fd_ = std::move(o.fd_);
+            engine_ = std::move(o.engine_);
+            bound_ = std::move(o.bound_);
+            o.bound_.owned = false;
+        }
+        return *this;
+    }
+    ~acceptor() { close(); }
+
+    /// Binds and listens. Errors: EADDRINUSE (a live server owns the path),
+    /// errc::path_not_a_socket (the path is something else; left untouched),
+    /// ENAMETOOLONG, EACCES, ENOENT (missing directory).
+    static io_result<acceptor> listen(io_context& ctx, const endpoint& ep, listen_options opts = {}) {
+        detail::bound_path bound;
+        auto fd = detail::bind_socket(SOCK_STREAM, ep, {opts.mode, opts.replace_stale}, bound);
+        if (!fd) return {fd.error(), fd.what()};
+        if (!opts.remove_on_close) bound.owned = false;
+        if (::listen(fd->get(), opts.backlog) < 0) {
+            auto ec = detail::last_error();
+            bound.remove();
+            return {ec, "listen"};
+        }
+        return acceptor(ctx, std::move(*fd), std::move(bound));
+    }
+
+    /// Adopts a descriptor that is already listening (e.g. from socket activation).
+    /// Its socket file is never removed by this acceptor.
+    static acceptor adopt(io_context& ctx, unique_fd listening) {
+        return acceptor(ctx, std::move(listening), {});
+    }
+
+    /// Waits for the next connection. co_await yields io_result<stream_socket>.
+    /// Errors: EMFILE/ENFILE (out of descriptors: back off and retry),
+    /// operation_canceled, timed_out.
+    [[nodiscard]] auto accept(op_limits lim = {}) {
+        return detail::accept_op(*ctx_, fd_.get(), engine_.get(), lim);
+    }
+
+    /// Stops listening and removes the socket file if we created it and it is still
+    /// ours. Coroutines waiting in accept() resume with operation_canceled.
+    void close() noexcept {
+        if (engine_) {
+            auto* gate = engine_->waiters();
+            while (auto* r = gate->waiters.front()) ctx_->request_cancel(static_cast<detail::operation*>(r));
+            engine_->shut();
+            engine_.reset();
+        }
+        // Remove the name first, so a new server can never be unlinked by our close.
+        bound_.remove();
+        fd_.reset();
+    }
+
+    bool is_open() const noexcept { return fd_.valid(); }
+    int native_handle() const noexcept { return fd_.get(); }
+    io_result<endpoint> local_endpoint() const { return ringsock::local_endpoint(fd_.get()); }
+
+private:
+    acceptor(io_context& ctx, unique_fd fd, detail::bound_path bound)
+        : ctx_(&ctx), fd_(std::move(fd)),
+          engine_(std::make_unique<detail::accept_engine>(ctx, fd_.get())), bound_(std::move(bound)) {}
+
+    io_context* ctx_ = nullptr;
+    unique_fd fd_;
+    std::unique_ptr<detail::accept_engine> engine_;
+    detail::bound_path bound_;
+};
+
+}  // namespace ringsock

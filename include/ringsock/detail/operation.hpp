@@ -1,0 +1,186 @@
+// The operation base: the state of one io_uring request, living in the awaiting
+// coroutine's frame. `user_data` points here; the loop copies each CQE out, advances
+// the CQ, stores the result here, and only then resumes the waiting coroutine.
+#pragma once
+
+#include <liburing.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <coroutine>
+#include <cstdint>
+#include <ctime>
+#include <optional>
+#include <stop_token>
+
+#include "../op_limits.hpp"
+
+namespace ringsock {
+class io_context;
+}
+
+namespace ringsock::detail {
+
+/// Anything the loop can resume: a node of the intrusive ready list.
+struct resumable {
+    resumable* next_ = nullptr;
+    resumable* prev_ = nullptr;
+    bool linked_ = false;  // in the ready list (or, for operations, the pending list)
+    std::coroutine_handle<> waiter_{};
+};
+
+/// Intrusive doubly linked FIFO of resumables; never allocates.
+class resumable_list {
+public:
+    bool empty() const noexcept { return head_ == nullptr; }
+    std::size_t size() const noexcept { return size_; }
+    resumable* front() const noexcept { return head_; }
+    void push_front(resumable* r) noexcept {
+        r->prev_ = nullptr;
+        r->next_ = head_;
+        if (head_) head_->prev_ = r; else tail_ = r;
+        head_ = r;
+        r->linked_ = true;
+        ++size_;
+    }
+    void push_back(resumable* r) noexcept {
+        r->next_ = nullptr;
+        r->prev_ = tail_;
+        if (tail_) tail_->next_ = r; else head_ = r;
+        tail_ = r;
+        r->linked_ = true;
+        ++size_;
+    }
+    void erase(resumable* r) noexcept {
+        if (!r->linked_) return;
+        if (r->prev_) r->prev_->next_ = r->next_; else head_ = r->next_;
+        if (r->next_) r->next_->prev_ = r->prev_; else tail_ = r->prev_;
+        r->next_ = r->prev_ = nullptr;
+        r->linked_ = false;
+        --size_;
+    }
+    resumable* pop_front() noexcept {
+        resumable* r = head_;
+        if (r) erase(r);
+        return r;
+    }
+
+private:
+    resumable* head_ = nullptr;
+    resumable* tail_ = nullptr;
+    std::size_t size_ = 0;
+};
+
+/// Serialises one direction of one socket: at most one operation in flight, the rest
+/// wait here in order, so two write_all calls never interleave their bytes.
+struct op_gate {
+    bool busy = false;
+    resumable_list waiters;
+};
+
+enum class op_state : std::uint8_t {
+    idle,       // not submitted
+    gated,      // waiting for its socket's direction to be free
+    pending,    // waiting for room in the SQ or under the in-flight cap
+    in_flight,  // SQE handed to the ring, CQE(s) outstanding
+    ready,      // all CQEs arrived, waiting in the ready list to resume
+    done,       // resumed (or never started)
+};
+
+/// Base of every io_uring-backed awaiter. Three hooks: prepare() fills the SQE,
+/// on_cqe() records each completion, on_complete() decides whether the operation is
+/// finished (resume the waiter) or has resubmitted itself (e.g. write_all's next chunk).
+class operation : public resumable {
+public:
+    operation(io_context& ctx, const op_limits& limits) noexcept
+        : ctx_(&ctx), stop_(limits.stop), timeout_(limits.timeout) {}
+    operation(const operation&) = delete;
+    operation& operator=(const operation&) = delete;
+    virtual ~operation();
+
+    /// Fills `sqe`; user_data and link flags are set by the context afterwards.
+    virtual void prepare(io_uring_sqe* sqe) noexcept = 0;
+    /// One CQE for this operation (several for multishot requests).
+    virtual void on_cqe(int res, unsigned flags) noexcept {
+        res_ = res;
+        cqe_flags_ = flags;
+    }
+    /// All CQEs are in. Return true to resume the waiter; false after resubmitting.
+    virtual bool on_complete() noexcept { return true; }
+    /// Whether this request counts as work that keeps io_context::run() going.
+    virtual bool is_internal() const noexcept { return false; }
+
+    // Awaiter protocol shared by all operations.
+    bool await_ready() noexcept {
+        if (stop_.stop_requested()) {
+            // A token already stopped completes at once without submitting anything.
+            res_ = -ECANCELED;
+            state_ = op_state::done;
+            return true;
+        }
+        return false;
+    }
+    void await_suspend(std::coroutine_handle<> h);
+
+    /// Call first in every await_resume: detaches the stop callback.
+    void finish_wait() noexcept;
+    /// Makes sure the kernel no longer touches this operation: cancels it if it is in
+    /// flight and waits for its completion, without resuming anything. Idempotent.
+    void settle() noexcept;
+
+    /// True when the operation ended because its time limit expired.
+    bool timed_out() const noexcept { return timed_out_; }
+
+    /// The result turned into an error: ECANCELED/EINTR become operation_canceled,
+    /// or timed_out if the time limit fired.
+    std::error_code result_error() const noexcept {
+        if (res_ >= 0) return {};
+        if (res_ == -ECANCELED || res_ == -EINTR || res_ == -ETIME) {
+            return std::make_error_code(timed_out_ ? std::errc::timed_out
+                                                   : std::errc::operation_canceled);
+        }
+        return {-res_, std::generic_category()};
+    }
+
+    /// Whether a cancel or an expired deadline means no further resubmission.
+    bool interrupted() const noexcept { return cancel_requested_ || timed_out_; }
+
+protected:
+    friend class ringsock::io_context;
+
+    io_context* ctx_;
+    int res_ = 0;
+    unsigned cqe_flags_ = 0;
+    op_state state_ = op_state::idle;
+    std::uint8_t cqes_left_ = 0;
+    bool timed_out_ = false;
+    bool cancel_requested_ = false;
+    bool cancel_sent_ = false;
+    bool has_deadline_ = false;
+    bool holds_gate_ = false;
+    op_gate* gate_ = nullptr;
+    std::atomic<bool> remote_cancel_posted_{false};
+    __kernel_timespec deadline_{};
+
+private:
+    struct canceller {
+        operation* op;
+        void operator()() const noexcept;
+    };
+    std::stop_token stop_;
+    std::optional<std::chrono::nanoseconds> timeout_;
+    std::optional<std::stop_callback<canceller>> stop_cb_;
+};
+
+/// Absolute CLOCK_MONOTONIC deadline `d` from now, as io_uring wants it.
+inline __kernel_timespec deadline_after(std::chrono::nanoseconds d) noexcept {
+    timespec now{};
+    ::clock_gettime(CLOCK_MONOTONIC, &now);
+    if (d.count() < 0) d = std::chrono::nanoseconds{0};
+    long long ns = static_cast<long long>(now.tv_nsec) + d.count() % 1'000'000'000;
+    long long sec = static_cast<long long>(now.tv_sec) + d.count() / 1'000'000'000 + ns / 1'000'000'000;
+    return __kernel_timespec{sec, ns % 1'000'000'000};
+}
+
+}  // namespace ringsock::detail

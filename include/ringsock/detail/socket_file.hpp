@@ -1,0 +1,98 @@
+// Binding a Unix socket to a filesystem path safely: the mode holds from the first
+// instant, a stale socket file is replaced, a live server's socket and anything that is
+// not a socket are left alone, and on close only our own node is removed.
+#pragma once
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <string>
+#include <system_error>
+
+#include "../endpoint.hpp"
+#include "../error.hpp"
+#include "../io_result.hpp"
+#include "../unique_fd.hpp"
+#include "errno.hpp"
+
+namespace ringsock::detail {
+
+/// The node a socket was bound to, so close() can remove exactly that node.
+struct bound_path {
+    std::string path;  // absolute when the caller gave a relative path
+    dev_t dev = 0;
+    ino_t ino = 0;
+    bool owned = false;
+
+    /// Removes the socket file if it is still the node we created.
+    void remove() noexcept {
+        if (!owned) return;
+        owned = false;
+        struct stat st {};
+        if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) && st.st_dev == dev && st.st_ino == ino)
+            ::unlink(path.c_str());
+    }
+};
+
+struct bind_options {
+    mode_t mode = 0600;
+    bool replace_stale = true;
+};
+
+/// Whether a server answers at `ep`: a connect that succeeds (or finds the backlog
+/// full) means live; ECONNREFUSED means a stale file nobody listens on.
+inline bool socket_is_live(const endpoint& ep, int type) noexcept {
+    unique_fd probe(::socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (!probe) return true;  // cannot tell: assume live, never delete
+    if (::connect(probe.get(), ep.data(), ep.size()) == 0) return true;
+    return errno != ECONNREFUSED;
+}
+
+/// Creates a socket of `type` bound to `ep` with SOCK_CLOEXEC. For paths, applies
+/// `opts.mode` before bind and records the node in `bound`.
+inline io_result<unique_fd> bind_socket(int type, const endpoint& ep, const bind_options& opts, bound_path& bound) {
+    unique_fd fd(::socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
+    if (!fd) return {last_error(), "bind: socket"};
+    if (!ep.is_path()) {
+        if (::bind(fd.get(), ep.data(), ep.size()) < 0) return {last_error(), "bind"};
+        return fd;
+    }
+    // The kernel creates the file from the socket inode's mode (minus umask): set it
+    // first, so there is no instant where the file is wider than requested.
+    if (::fchmod(fd.get(), opts.mode & 07777) < 0) return {last_error(), "bind: fchmod"};
+    std::string path(ep.path_name());
+    if (::bind(fd.get(), ep.data(), ep.size()) < 0) {
+        if (errno != EADDRINUSE) return {last_error(), "bind"};
+        struct stat st {};
+        if (::lstat(path.c_str(), &st) < 0) return {std::make_error_code(std::errc::address_in_use), "bind"};
+        if (!S_ISSOCK(st.st_mode)) return {make_error_code(errc::path_not_a_socket), "bind"};
+        if (!opts.replace_stale || socket_is_live(ep, type))
+            return {std::make_error_code(std::errc::address_in_use), "bind: a server is listening on this path"};
+        // Stale: remove it, but only if it is still the node we examined.
+        struct stat again {};
+        if (::lstat(path.c_str(), &again) == 0 && again.st_dev == st.st_dev && again.st_ino == st.st_ino)
+            ::unlink(path.c_str());
+        if (::bind(fd.get(), ep.data(), ep.size()) < 0) return {last_error(), "bind (after removing a stale socket)"};
+    }
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) == 0) {
+        bound.dev = st.st_dev;
+        bound.ino = st.st_ino;
+        bound.owned = true;
+        // The umask may have narrowed the mode; widening it to exactly what was asked
+        // for is safe now (the window had fewer permissions, never more).
+        if ((st.st_mode & 07777) != (opts.mode & 07777)) ::chmod(path.c_str(), opts.mode & 07777);
+    }
+    if (!path.empty() && path[0] != '/') {
+        char cwd[PATH_MAX];
+        if (::getcwd(cwd, sizeof cwd)) path = std::string(cwd) + "/" + path;
+    }
+    bound.path = std::move(path);
+    return fd;
+}
+
+}  // namespace ringsock::detail

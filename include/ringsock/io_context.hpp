@@ -1,0 +1,743 @@
+// io_context: owns one io_uring and runs the coroutines that use it, on one thread.
+// Each loop turn submits every SQE the resumed coroutines prepared in one enter,
+// copies the CQEs out, advances the CQ, and only then resumes their waiters.
+#pragma once
+
+#include <liburing.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <coroutine>
+#include <cstdint>
+#include <exception>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "detail/errno.hpp"
+#include "detail/operation.hpp"
+#include "io_result.hpp"
+#include "op_limits.hpp"
+#include "task.hpp"
+#include "unique_fd.hpp"
+
+namespace ringsock {
+
+/// What the ring was set up with, for tests, logs and benchmarks.
+struct ring_features {
+    unsigned sq_entries = 0;
+    unsigned cq_entries = 0;
+    bool single_issuer = false;
+    bool defer_taskrun = false;
+    bool coop_taskrun = false;
+    bool registered_ring_fd = false;
+};
+
+class io_context;
+
+namespace detail {
+
+/// The frame of a spawned task: owned by the io_context until it finishes.
+struct detached_promise;
+struct detached_handle {
+    using promise_type = detached_promise;
+    std::coroutine_handle<detached_promise> h;
+};
+
+struct detached_promise : resumable {
+    io_context* ctx = nullptr;
+    detached_promise* next_detached = nullptr;
+    detached_promise* prev_detached = nullptr;
+    detached_handle get_return_object() noexcept {
+        return {std::coroutine_handle<detached_promise>::from_promise(*this)};
+    }
+    std::suspend_always initial_suspend() const noexcept { return {}; }
+    std::suspend_never final_suspend() const noexcept { return {}; }
+    void return_void() noexcept {}
+    void unhandled_exception() noexcept;  // never reached: run_detached catches all
+    ~detached_promise();
+};
+
+}  // namespace detail
+
+/// Owns one io_uring. Everything bound to an io_context (sockets, listeners, tasks) must
+/// be used on the thread that created it and destroyed before it. Only stop() and stop
+/// requests on operations' stop tokens may come from other threads.
+class io_context {
+public:
+    struct options {
+        /// Submission queue size; the completion queue is four times larger.
+        unsigned entries = 256;
+        /// Ask for SINGLE_ISSUER|DEFER_TASKRUN (falls back when the kernel refuses).
+        bool defer_taskrun = true;
+    };
+
+    io_context() : io_context(options{}) {}
+    /// Throws std::system_error naming the step if the ring cannot be set up.
+    explicit io_context(options opts);
+    io_context(const io_context&) = delete;
+    io_context& operator=(const io_context&) = delete;
+    /// Cancels every operation still in flight and waits for the kernel to finish with
+    /// them, then destroys spawned tasks that have not finished. Nothing is resumed.
+    ~io_context();
+
+    /// Runs until stop() or until there is no more work. Returns the number of coroutine
+    /// resumptions. An exception escaping a spawned task is rethrown from here; the
+    /// loop and the other tasks stay intact and run() may be called again.
+    std::size_t run();
+    /// Resumes at most one coroutine, blocking until one is ready. Returns false if there
+    /// was no work or the context is stopped.
+    bool run_one();
+    /// Resumes whatever is ready without blocking. Returns the number resumed.
+    std::size_t poll();
+    /// Makes run() return soon. Safe from any thread and from signal-free contexts.
+    void stop() noexcept;
+    bool stopped() const noexcept { return stopped_.load(std::memory_order_acquire); }
+    /// Clears the stopped state so run() can be called again.
+    void restart() noexcept { stopped_.store(false, std::memory_order_release); }
+
+    /// Starts `t` on this loop, detached: the context owns it until it finishes. An
+    /// exception escaping it is rethrown from the run()/run_one()/sync_wait() call that
+    /// was driving the loop. Call on the loop's thread.
+    void spawn(task<void> t);
+
+    /// Runs the loop until `t` finishes and returns its value or rethrows its exception.
+    template <class T>
+    T sync_wait(task<T> t);
+
+    /// Suspends the calling coroutine and resumes it on the next loop turn.
+    auto yield() noexcept;
+
+    const ring_features& features() const noexcept { return features_; }
+    io_uring* native_handle() noexcept { return &ring_; }
+    bool on_loop_thread() const noexcept { return std::this_thread::get_id() == owner_; }
+    /// Number of operations and waiters that keep run() from returning.
+    std::size_t outstanding_work() const noexcept { return work_; }
+
+    // -- machinery used by operations; not for application code --------------------
+    void submit(detail::operation* op) noexcept;
+    void request_cancel(detail::operation* op) noexcept;
+    void request_cancel_from_any_thread(detail::operation* op) noexcept;
+    void purge_remote_cancel(detail::operation* op) noexcept;
+    void settle(detail::operation* op) noexcept;
+    void make_ready(detail::resumable* r) noexcept { ready_.push_back(r); }
+    /// Completes an operation that was waiting without an SQE (e.g. in a queue).
+    void make_ready_op(detail::operation* op) noexcept {
+        op->state_ = detail::op_state::ready;
+        ready_.push_back(op);
+    }
+    void unready(detail::resumable* r) noexcept { ready_.erase(r); }
+    void add_work() noexcept { ++work_; }
+    void remove_work() noexcept { --work_; }
+    void record_detached_exception(std::exception_ptr e) noexcept {
+        if (!detached_error_) detached_error_ = std::move(e);
+    }
+    void link_detached(detail::detached_promise* p) noexcept;
+    void release_gate(detail::operation* op) noexcept;
+    void unlink_detached(detail::detached_promise* p) noexcept;
+
+private:
+    class wake_op;
+
+    bool try_prepare(detail::operation* op) noexcept;
+    void flush_pending() noexcept;
+    void flush_sq() noexcept;
+    io_uring_sqe* get_sqe_flushing() noexcept;
+    void enter(bool wait) noexcept;
+    void reap() noexcept;
+    void dispatch(std::uint64_t ud, int res, unsigned flags) noexcept;
+    void complete(detail::operation* op) noexcept;
+    bool turn(bool block, std::size_t max_resume, std::size_t& resumed);
+    void resume_front();
+    void process_remote() noexcept;
+    void wake() noexcept;
+    void rethrow_detached();
+    void drain_all() noexcept;
+    void check_thread(const char* what) const;
+
+    io_uring ring_{};
+    ring_features features_{};
+    std::thread::id owner_ = std::this_thread::get_id();
+    std::atomic<bool> stopped_{false};
+    bool shutting_down_ = false;
+    detail::resumable_list ready_;
+    detail::resumable_list pending_;
+    std::vector<detail::operation*> cancel_backlog_;
+    std::size_t inflight_ = 0;      // CQEs still expected for non-zero user_data
+    std::size_t inflight_cap_ = 0;  // at most this many, so the CQ never overflows
+    std::size_t work_ = 0;
+    unsigned poll_tick_ = 0;
+    std::exception_ptr detached_error_;
+    detail::detached_promise* detached_head_ = nullptr;
+
+    unique_fd wake_fd_;
+    detail::operation* wake_op_ = nullptr;
+    std::atomic<bool> remote_flag_{false};
+    std::mutex remote_mu_;
+    std::vector<detail::operation*> remote_cancels_;
+};
+
+// ---------------------------------------------------------------------------------
+// Internal operation: an eventfd read that lets other threads wake the loop.
+class io_context::wake_op final : public detail::operation {
+public:
+    explicit wake_op(io_context& ctx) noexcept : operation(ctx, {}) {}
+    void prepare(io_uring_sqe* sqe) noexcept override {
+        io_uring_prep_read(sqe, ctx_->wake_fd_.get(), &value_, sizeof value_, 0);
+    }
+    bool is_internal() const noexcept override { return true; }
+    bool on_complete() noexcept override {
+        ctx_->process_remote();
+        if (!ctx_->shutting_down_) ctx_->submit(this);
+        return false;
+    }
+
+private:
+    std::uint64_t value_ = 0;
+};
+
+namespace detail {
+
+inline operation::~operation() { settle(); }
+
+inline void operation::await_suspend(std::coroutine_handle<> h) {
+    waiter_ = h;
+    if (timeout_) {
+        deadline_ = deadline_after(*timeout_);
+        has_deadline_ = true;
+    }
+    ctx_->add_work();
+    if (gate_ && gate_->busy) {
+        state_ = op_state::gated;
+        gate_->waiters.push_back(this);
+    } else {
+        if (gate_) {
+            gate_->busy = true;
+            holds_gate_ = true;
+        }
+        ctx_->submit(this);
+    }
+    if (stop_.stop_possible()) stop_cb_.emplace(stop_, canceller{this});
+}
+
+inline void operation::canceller::operator()() const noexcept {
+    op->ctx_->request_cancel_from_any_thread(op);
+}
+
+inline void operation::finish_wait() noexcept {
+    // Destroying the callback waits for a concurrent invocation on another thread.
+    stop_cb_.reset();
+    if (remote_cancel_posted_.load(std::memory_order_acquire)) ctx_->purge_remote_cancel(this);
+    state_ = op_state::done;
+}
+
+inline void operation::settle() noexcept {
+    if (state_ == op_state::done || state_ == op_state::idle) return;
+    stop_cb_.reset();
+    if (remote_cancel_posted_.load(std::memory_order_acquire)) ctx_->purge_remote_cancel(this);
+    ctx_->settle(this);
+}
+
+inline detached_promise::~detached_promise() {
+    if (ctx) ctx->unlink_detached(this);
+}
+
+inline void detached_promise::unhandled_exception() noexcept { std::terminate(); }
+
+inline detached_handle run_detached(io_context* ctx, task<void> t) {
+    try {
+        co_await std::move(t);
+    } catch (...) {
+        ctx->record_detached_exception(std::current_exception());
+    }
+}
+
+}  // namespace detail
+
+// ---------------------------------------------------------------------------------
+
+inline io_context::io_context(options opts) {
+    if (opts.entries == 0) opts.entries = 1;
+    io_uring_params p{};
+    auto try_init = [&](unsigned flags) {
+        p = io_uring_params{};
+        p.flags = flags | IORING_SETUP_CQSIZE;
+        p.cq_entries = opts.entries * 4;
+        return io_uring_queue_init_params(opts.entries, &ring_, &p);
+    };
+    int rc = -EINVAL;
+    if (opts.defer_taskrun) {
+        rc = try_init(IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN);
+        if (rc == 0) features_.single_issuer = features_.defer_taskrun = true;
+    }
+    if (rc < 0) {
+        rc = try_init(IORING_SETUP_COOP_TASKRUN);
+        if (rc == 0) features_.coop_taskrun = true;
+    }
+    if (rc < 0) rc = try_init(0);
+    if (rc < 0) detail::throw_errno(-rc, "io_context: io_uring_queue_init_params");
+    if (!(p.features & IORING_FEAT_NODROP)) {
+        io_uring_queue_exit(&ring_);
+        throw std::system_error(std::make_error_code(std::errc::not_supported),
+                                "io_context: kernel lacks IORING_FEAT_NODROP (Linux >= 5.5 needed)");
+    }
+    features_.sq_entries = p.sq_entries;
+    features_.cq_entries = p.cq_entries;
+    features_.registered_ring_fd = io_uring_register_ring_fd(&ring_) == 1;
+    inflight_cap_ = p.cq_entries;
+
+    wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!wake_fd_) {
+        int err = errno;
+        io_uring_queue_exit(&ring_);
+        detail::throw_errno(err, "io_context: eventfd");
+    }
+    wake_op_ = new wake_op(*this);  // one allocation per context
+    submit(wake_op_);
+}
+
+inline io_context::~io_context() {
+    drain_all();
+    // Spawned tasks that never finished: destroy their frames. Their operations have
+    // all completed above, so destroying them touches nothing the kernel still holds.
+    while (detached_head_) {
+        auto h = std::coroutine_handle<detail::detached_promise>::from_promise(*detached_head_);
+        h.destroy();  // the promise unlinks itself
+    }
+    delete wake_op_;
+    io_uring_queue_exit(&ring_);
+}
+
+inline void io_context::check_thread(const char* what) const {
+    if (!on_loop_thread())
+        throw std::logic_error(std::string("ringsock: io_context::") + what +
+                               " called from a thread other than the one that created the context");
+}
+
+inline void io_context::drain_all() noexcept {
+    shutting_down_ = true;
+    // Operations never submitted are simply dropped; their awaiters see ECANCELED.
+    while (auto* r = pending_.pop_front()) {
+        auto* op = static_cast<detail::operation*>(r);
+        op->res_ = -ECANCELED;
+        op->state_ = detail::op_state::ready;
+        op->holds_gate_ = false;
+    }
+    if (inflight_ == 0) return;
+    if (io_uring_sqe* sqe = get_sqe_flushing()) {
+        io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
+        sqe->user_data = 0;
+    }
+    while (inflight_ > 0) {
+        int rc = io_uring_submit_and_wait(&ring_, 1);
+        if (rc < 0 && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN) break;
+        reap();
+        for (auto* op : cancel_backlog_) request_cancel(op);
+        cancel_backlog_.clear();
+    }
+    // Completed but never resumed: forget them; their awaiters are destroyed with frames.
+    while (auto* r = ready_.pop_front()) (void)r;
+}
+
+inline void io_context::link_detached(detail::detached_promise* p) noexcept {
+    p->next_detached = detached_head_;
+    p->prev_detached = nullptr;
+    if (detached_head_) detached_head_->prev_detached = p;
+    detached_head_ = p;
+}
+
+inline void io_context::unlink_detached(detail::detached_promise* p) noexcept {
+    if (p->prev_detached) p->prev_detached->next_detached = p->next_detached;
+    else if (detached_head_ == p) detached_head_ = p->next_detached;
+    if (p->next_detached) p->next_detached->prev_detached = p->prev_detached;
+    p->next_detached = p->prev_detached = nullptr;
+    ready_.erase(p);
+}
+
+inline void io_context::spawn(task<void> t) {
+    check_thread("spawn");
+    auto h = detail::run_detached(this, std::move(t)).h;
+    auto& promise = h.promise();
+    promise.ctx = this;
+    promise.waiter_ = h;
+    link_detached(&promise);
+    make_ready(&promise);
+    add_work();
+}
+
+template <class T>
+T io_context::sync_wait(task<T> t) {
+    check_thread("sync_wait");
+    if (!t.valid()) throw std::invalid_argument("ringsock: io_context::sync_wait: empty task");
+    struct starter : detail::resumable {
+        io_context* ctx;
+        ~starter() { ctx->unready(this); }
+    } start;
+    start.ctx = this;
+    start.waiter_ = t.handle();
+    make_ready(&start);
+    add_work();
+    std::size_t resumed = 0;
+    while (!t.done()) {
+        if (!turn(true, static_cast<std::size_t>(-1), resumed))
+            throw std::logic_error("ringsock: io_context::sync_wait: the task waits for something that can never happen");
+        rethrow_detached();
+    }
+    return t.handle().promise().take();
+}
+
+inline auto io_context::yield() noexcept {
+    struct awaiter : detail::resumable {
+        io_context* ctx;
+        bool await_ready() const noexcept { return false; }
+        void await_suspend(std::coroutine_handle<> h) noexcept {
+            waiter_ = h;
+            ctx->add_work();
+            ctx->make_ready(this);
+        }
+        void await_resume() const noexcept {}
+        ~awaiter() { ctx->unready(this); }
+    };
+    awaiter a;
+    a.ctx = this;
+    return a;
+}
+
+inline std::size_t io_context::run() {
+    check_thread("run");
+    std::size_t resumed = 0;
+    while (!stopped()) {
+        if (!turn(true, static_cast<std::size_t>(-1), resumed)) break;
+        rethrow_detached();
+    }
+    return resumed;
+}
+
+inline bool io_context::run_one() {
+    check_thread("run_one");
+    std::size_t resumed = 0;
+    while (!stopped() && resumed == 0) {
+        if (!turn(true, 1, resumed)) break;
+        rethrow_detached();
+    }
+    return resumed > 0;
+}
+
+inline std::size_t io_context::poll() {
+    check_thread("poll");
+    std::size_t resumed = 0;
+    if (!stopped()) {
+        turn(false, static_cast<std::size_t>(-1), resumed);
+        rethrow_detached();
+    }
+    return resumed;
+}
+
+inline void io_context::stop() noexcept {
+    stopped_.store(true, std::memory_order_release);
+    if (!on_loop_thread()) wake();
+}
+
+inline void io_context::rethrow_detached() {
+    if (detached_error_) std::rethrow_exception(std::exchange(detached_error_, nullptr));
+}
+
+// One loop turn: submit what is queued, collect completions (blocking only when
+// nothing is ready), then resume what was ready at that point.
+inline bool io_context::turn(bool block, std::size_t max_resume, std::size_t& resumed) {
+    if (remote_flag_.load(std::memory_order_acquire)) process_remote();
+    flush_pending();
+    if (ready_.empty()) {
+        if (work_ == 0) {
+            // Nothing can resume; still hand queued SQEs (cancels) to the kernel.
+            if (io_uring_sq_ready(&ring_) > 0) enter(false);
+            return false;
+        }
+        enter(block);
+    } else if (io_uring_sq_ready(&ring_) > 0 || (++poll_tick_ & 31) == 0) {
+        // Coroutines are waiting to run: look for completions but never block, and
+        // do it at least every 32 turns so I/O is not starved by CPU-bound ping-pong.
+        enter(false);
+    }
+    reap();
+    std::size_t budget = ready_.size();
+    while (budget-- > 0 && max_resume > 0 && !ready_.empty()) {
+        resume_front();
+        ++resumed;
+        --max_resume;
+        if (detached_error_ || stopped()) break;
+    }
+    return true;
+}
+
+inline void io_context::resume_front() {
+    detail::resumable* r = ready_.pop_front();
+    --work_;
+    r->waiter_.resume();
+}
+
+inline void io_context::enter(bool wait) noexcept {
+    int rc = wait ? io_uring_submit_and_wait(&ring_, 1) : io_uring_submit_and_get_events(&ring_);
+    // EINTR: a signal arrived; EBUSY/EAGAIN: the CQ backlog must be reaped first.
+    // All three are handled by reaping and trying again on the next turn.
+    (void)rc;
+}
+
+inline void io_context::reap() noexcept {
+    struct completion {
+        std::uint64_t user_data;
+        int res;
+        unsigned flags;
+    };
+    constexpr unsigned batch = 64;
+    io_uring_cqe* cqes[batch];
+    completion copied[batch];
+    for (;;) {
+        unsigned n = io_uring_peek_batch_cqe(&ring_, cqes, batch);
+        if (n == 0) break;
+        for (unsigned i = 0; i < n; ++i)
+            copied[i] = {cqes[i]->user_data, cqes[i]->res, cqes[i]->flags};
+        // Advance before running any completion logic: a handler may submit new SQEs.
+        io_uring_cq_advance(&ring_, n);
+        for (unsigned i = 0; i < n; ++i) dispatch(copied[i].user_data, copied[i].res, copied[i].flags);
+        if (n < batch) break;
+    }
+}
+
+inline void io_context::dispatch(std::uint64_t ud, int res, unsigned flags) noexcept {
+    if (ud == 0) return;  // results of cancel requests: the target's own CQE tells all
+    if (ud & 1) {
+        // The link timeout of an operation. -ECANCELED means the operation finished
+        // first; anything else (-ETIME, or -ENOENT/-EALREADY when the operation was
+        // running on an io-wq thread and got interrupted) means the deadline fired.
+        auto* op = reinterpret_cast<detail::operation*>(ud & ~std::uint64_t{1});
+        --inflight_;
+        if (res != -ECANCELED) op->timed_out_ = true;
+        if (--op->cqes_left_ == 0) complete(op);
+        return;
+    }
+    auto* op = reinterpret_cast<detail::operation*>(ud);
+    bool last = !(flags & IORING_CQE_F_MORE);
+    op->on_cqe(res, flags);
+    if (last) {
+        --inflight_;
+        if (--op->cqes_left_ == 0) complete(op);
+    }
+}
+
+inline void io_context::complete(detail::operation* op) noexcept {
+    op->state_ = detail::op_state::ready;
+    if (!op->on_complete()) {
+        // Resubmitted itself (now pending or in flight), or internal and finished.
+        if (op->state_ == detail::op_state::ready) op->state_ = detail::op_state::idle;
+        return;
+    }
+    release_gate(op);
+    make_ready(op);
+}
+
+inline void io_context::release_gate(detail::operation* op) noexcept {
+    if (!op->holds_gate_) return;
+    op->holds_gate_ = false;
+    detail::op_gate* gate = op->gate_;
+    if (auto* next = static_cast<detail::operation*>(gate->waiters.pop_front())) {
+        next->holds_gate_ = true;
+        submit(next);
+    } else {
+        gate->busy = false;
+    }
+}
+
+inline void io_context::submit(detail::operation* op) noexcept {
+    op->cqes_left_ = 0;
+    if (shutting_down_) {
+        op->res_ = -ECANCELED;
+        op->state_ = detail::op_state::ready;
+        if (!op->is_internal()) make_ready(op);
+        return;
+    }
+    if (!pending_.empty() || !try_prepare(op)) {
+        op->state_ = detail::op_state::pending;
+        pending_.push_back(op);
+    }
+}
+
+inline io_uring_sqe* io_context::get_sqe_flushing() noexcept {
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+    if (!sqe) {
+        flush_sq();
+        sqe = io_uring_get_sqe(&ring_);
+    }
+    return sqe;
+}
+
+inline void io_context::flush_sq() noexcept {
+    // Hand the SQ to the kernel without waiting; a full SQ is never an error.
+    (void)io_uring_submit(&ring_);
+}
+
+inline bool io_context::try_prepare(detail::operation* op) noexcept {
+    unsigned need = op->has_deadline_ ? 2 : 1;
+    if (inflight_ + need > inflight_cap_) return false;
+    if (io_uring_sq_space_left(&ring_) < need) {
+        flush_sq();
+        if (io_uring_sq_space_left(&ring_) < need) return false;
+    }
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+    op->prepare(sqe);
+    io_uring_sqe_set_data(sqe, op);
+    op->cqes_left_ = 1;
+    if (op->has_deadline_) {
+        sqe->flags |= IOSQE_IO_LINK;
+        io_uring_sqe* t = io_uring_get_sqe(&ring_);
+        io_uring_prep_link_timeout(t, &op->deadline_, IORING_TIMEOUT_ABS);
+        t->user_data = reinterpret_cast<std::uint64_t>(op) | 1;
+        op->cqes_left_ = 2;
+    }
+    inflight_ += need;
+    op->state_ = detail::op_state::in_flight;
+    return true;
+}
+
+inline void io_context::flush_pending() noexcept {
+    if (!cancel_backlog_.empty()) {
+        auto backlog = std::move(cancel_backlog_);
+        cancel_backlog_.clear();
+        for (auto* op : backlog) {
+            op->cancel_sent_ = false;
+            request_cancel(op);
+        }
+    }
+    while (!pending_.empty()) {
+        auto* op = static_cast<detail::operation*>(pending_.front());
+        pending_.erase(op);
+        if (!try_prepare(op)) {
+            // Still no room: keep its place and wait for completions to free some.
+            pending_.push_front(op);
+            op->state_ = detail::op_state::pending;
+            break;
+        }
+    }
+}
+
+inline void io_context::request_cancel(detail::operation* op) noexcept {
+    op->cancel_requested_ = true;
+    switch (op->state_) {
+        case detail::op_state::pending:
+            pending_.erase(op);
+            op->res_ = -ECANCELED;
+            op->cqes_left_ = 0;
+            op->state_ = detail::op_state::ready;
+            release_gate(op);
+            make_ready(op);
+            break;
+        case detail::op_state::gated:
+            op->gate_->waiters.erase(op);
+            op->res_ = -ECANCELED;
+            op->state_ = detail::op_state::ready;
+            make_ready(op);
+            break;
+        case detail::op_state::in_flight: {
+            if (op->cancel_sent_) break;
+            io_uring_sqe* sqe = get_sqe_flushing();
+            if (!sqe) {
+                cancel_backlog_.push_back(op);  // rare: retried on the next turn
+                op->cancel_sent_ = true;
+                break;
+            }
+            io_uring_prep_cancel64(sqe, reinterpret_cast<std::uint64_t>(op), 0);
+            sqe->user_data = 0;
+            sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+            op->cancel_sent_ = true;
+            break;
+        }
+        default:
+            break;  // already complete: the real result wins
+    }
+}
+
+inline void io_context::request_cancel_from_any_thread(detail::operation* op) noexcept {
+    if (on_loop_thread()) {
+        request_cancel(op);
+        return;
+    }
+    {
+        std::lock_guard lock(remote_mu_);
+        remote_cancels_.push_back(op);
+        op->remote_cancel_posted_.store(true, std::memory_order_release);
+    }
+    remote_flag_.store(true, std::memory_order_release);
+    wake();
+}
+
+inline void io_context::purge_remote_cancel(detail::operation* op) noexcept {
+    std::lock_guard lock(remote_mu_);
+    std::erase(remote_cancels_, op);
+    op->remote_cancel_posted_.store(false, std::memory_order_relaxed);
+}
+
+inline void io_context::process_remote() noexcept {
+    remote_flag_.store(false, std::memory_order_relaxed);
+    std::vector<detail::operation*> todo;
+    {
+        std::lock_guard lock(remote_mu_);
+        todo.swap(remote_cancels_);
+        for (auto* op : todo) op->remote_cancel_posted_.store(false, std::memory_order_relaxed);
+    }
+    for (auto* op : todo) request_cancel(op);
+}
+
+inline void io_context::wake() noexcept {
+    std::uint64_t one = 1;
+    // A full eventfd counter (EAGAIN) already means "wake up".
+    [[maybe_unused]] auto n = ::write(wake_fd_.get(), &one, sizeof one);
+}
+
+inline void io_context::settle(detail::operation* op) noexcept {
+    using detail::op_state;
+    switch (op->state_) {
+        case op_state::gated:
+            op->gate_->waiters.erase(op);
+            --work_;
+            break;
+        case op_state::pending:
+            pending_.erase(op);
+            release_gate(op);
+            if (!op->is_internal()) --work_;
+            break;
+        case op_state::in_flight:
+            // The frame holding this operation is going away while the kernel may still
+            // write into it: cancel and reap until its last CQE has arrived. Other
+            // completions reaped meanwhile are queued, not resumed.
+            request_cancel(op);
+            while (op->state_ == op_state::in_flight) {
+                if (std::erase(cancel_backlog_, op) > 0) {
+                    op->cancel_sent_ = false;  // it never reached the SQ: issue it now
+                    request_cancel(op);
+                }
+                int rc = io_uring_submit_and_wait(&ring_, 1);
+                if (rc < 0 && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN) break;
+                reap();
+            }
+            if (op->state_ == op_state::ready) {
+                ready_.erase(op);
+                if (!op->is_internal()) --work_;
+            }
+            break;
+        case op_state::ready:
+            ready_.erase(op);
+            release_gate(op);
+            if (!op->is_internal()) --work_;
+            break;
+        default:
+            break;
+    }
+    op->state_ = op_state::done;
+}
+
+}  // namespace ringsock

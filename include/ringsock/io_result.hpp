@@ -1,0 +1,74 @@
+// The result of an asynchronous operation: a value or a std::error_code, never an
+// exception. A small subset of std::expected, which C++20 lacks.
+#pragma once
+
+#include <concepts>
+#include <system_error>
+#include <utility>
+
+#include "error.hpp"
+
+namespace ringsock {
+
+/// Value or error. `value()` throws std::system_error naming the failed operation.
+/// On error the value slot still holds what the operation achieved before it failed
+/// (e.g. the bytes write_all sent before EPIPE): read it with `partial_value()`.
+/// T must be default-constructible (the value slot always exists).
+template <class T>
+class [[nodiscard]] io_result {
+public:
+    io_result() = default;
+    io_result(T value) : value_(std::move(value)) {}  // NOLINT: implicit by design
+    io_result(std::error_code ec, const char* what = "ringsock") : ec_(ec), what_(what) {}
+    io_result(T partial, std::error_code ec, const char* what)
+        : value_(std::move(partial)), ec_(ec), what_(what) {}
+
+    bool has_value() const noexcept { return !ec_; }
+    explicit operator bool() const noexcept { return has_value(); }
+    const std::error_code& error() const noexcept { return ec_; }
+    /// The name of the operation that failed, for messages.
+    const char* what() const noexcept { return what_; }
+
+    T& value() & { check(); return value_; }
+    const T& value() const& { check(); return value_; }
+    T&& value() && { check(); return std::move(value_); }
+    T& operator*() & noexcept { return value_; }
+    const T& operator*() const& noexcept { return value_; }
+    T&& operator*() && noexcept { return std::move(value_); }
+    T* operator->() noexcept { return &value_; }
+    const T* operator->() const noexcept { return &value_; }
+    template <class U>
+    T value_or(U&& fallback) const& { return ec_ ? T(std::forward<U>(fallback)) : value_; }
+
+    T& partial_value() & noexcept { return value_; }
+    const T& partial_value() const& noexcept { return value_; }
+
+private:
+    void check() const {
+        if (ec_) throw std::system_error(ec_, what_);
+    }
+    T value_{};
+    std::error_code ec_{};
+    const char* what_ = "ringsock";
+};
+
+/// An operation that yields nothing but success or an error.
+template <>
+class [[nodiscard]] io_result<void> {
+public:
+    io_result() = default;
+    io_result(std::error_code ec, const char* what = "ringsock") : ec_(ec), what_(what) {}
+    bool has_value() const noexcept { return !ec_; }
+    explicit operator bool() const noexcept { return has_value(); }
+    const std::error_code& error() const noexcept { return ec_; }
+    const char* what() const noexcept { return what_; }
+    void value() const {
+        if (ec_) throw std::system_error(ec_, what_);
+    }
+
+private:
+    std::error_code ec_{};
+    const char* what_ = "ringsock";
+};
+
+}  // namespace ringsock

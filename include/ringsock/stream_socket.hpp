@@ -1,0 +1,186 @@
+// stream_socket: a connected SOCK_STREAM Unix socket with co_await-able reads and
+// writes. Sends are IORING_OP_SEND with MSG_NOSIGNAL, so a closed peer gives EPIPE and
+// never SIGPIPE; short reads and writes are looped by read_exact / write_all.
+#pragma once
+
+#include <liburing.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <cerrno>
+#include <span>
+#include <utility>
+
+#include "buffer.hpp"
+#include "detail/errno.hpp"
+#include "detail/transfer_ops.hpp"
+#include "endpoint.hpp"
+#include "io_context.hpp"
+#include "io_result.hpp"
+#include "op_limits.hpp"
+#include "unique_fd.hpp"
+
+namespace ringsock {
+
+enum class shutdown_how { receive = SHUT_RD, send = SHUT_WR, both = SHUT_RDWR };
+
+class stream_socket;
+
+namespace detail {
+
+/// Creates a SOCK_CLOEXEC socket (blocking: io_uring supplies the waiting) and connects
+/// it with IORING_OP_CONNECT. A full backlog makes the connect wait on an io-wq thread
+/// until the server accepts; a stop request or time limit interrupts it (-EINTR).
+template <class Socket, int Type>
+class connect_op final : public operation {
+public:
+    connect_op(io_context& ctx, const endpoint& ep, const op_limits& lim) noexcept
+        : operation(ctx, lim), ep_(ep) {
+        fd_.reset(::socket(AF_UNIX, Type | SOCK_CLOEXEC, 0));
+        if (!fd_) create_errno_ = errno;
+    }
+    bool await_ready() noexcept {
+        if (create_errno_ != 0) {
+            res_ = -create_errno_;
+            state_ = op_state::done;
+            return true;
+        }
+        return operation::await_ready();
+    }
+    void prepare(io_uring_sqe* sqe) noexcept override {
+        io_uring_prep_connect(sqe, fd_.get(), ep_.data(), ep_.size());
+    }
+    io_result<Socket> await_resume() noexcept {
+        finish_wait();
+        if (res_ < 0) return {result_error(), create_errno_ ? "connect: socket" : "connect"};
+        return Socket(*ctx_, std::move(fd_));
+    }
+
+private:
+    endpoint ep_;
+    unique_fd fd_;
+    int create_errno_ = 0;
+};
+
+}  // namespace detail
+
+/// A connected stream socket. Not copyable; movable only while no operation is in
+/// flight on it. At most one read and one write run at a time: further ones queue in
+/// order. Destroy or close it only when no operation is in flight (close() cancels
+/// them, but their coroutines must still resume before the socket is destroyed).
+class stream_socket {
+public:
+    stream_socket() noexcept = default;
+    stream_socket(io_context& ctx, unique_fd fd) noexcept : ctx_(&ctx), fd_(std::move(fd)) {}
+    stream_socket(stream_socket&& o) noexcept : ctx_(o.ctx_), fd_(std::move(o.fd_)) {
+        state_.write_broken = o.state_.write_broken;
+    }
+    stream_socket& operator=(stream_socket&& o) noexcept {
+        ctx_ = o.ctx_;
+        fd_ = std::move(o.fd_);
+        state_.write_broken = o.state_.write_broken;
+        return *this;
+    }
+
+    /// A connected pair (socketpair). Errors: EMFILE, ENFILE.
+    static io_result<std::pair<stream_socket, stream_socket>> pair(io_context& ctx) {
+        int sv[2];
+        if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+            return {detail::last_error(), "socketpair"};
+        return std::pair{stream_socket(ctx, unique_fd(sv[0])), stream_socket(ctx, unique_fd(sv[1]))};
+    }
+
+    /// Connects to `ep`. co_await yields io_result<stream_socket>.
+    /// Errors: ECONNREFUSED (nobody listens), ENOENT, EACCES, timed_out, operation_canceled.
+    [[nodiscard]] static auto connect(io_context& ctx, const endpoint& ep, op_limits lim = {}) {
+        return detail::connect_op<stream_socket, SOCK_STREAM>(ctx, ep, lim);
+    }
+
+    /// Receives at least one byte; 0 means the peer shut down its sending side.
+    template <writable_bytes B>
+    [[nodiscard]] auto read_some(B&& buf, op_limits lim = {}) {
+        auto s = as_writable_bytes(buf);
+        return op(s.data(), s.size(), detail::transfer_op::kind::recv_some, lim);
+    }
+    /// Fills the whole buffer. Early end of stream is errc::end_of_stream; the bytes that
+    /// did arrive are in partial_value().
+    template <writable_bytes B>
+    [[nodiscard]] auto read_exact(B&& buf, op_limits lim = {}) {
+        auto s = as_writable_bytes(buf);
+        return op(s.data(), s.size(), detail::transfer_op::kind::recv_exact, lim);
+    }
+    /// Sends at least one byte (fewer than asked if the socket buffer is full).
+    template <readable_bytes B>
+    [[nodiscard]] auto write_some(const B& buf, op_limits lim = {}) {
+        auto s = as_bytes(buf);
+        return op(const_cast<std::byte*>(s.data()), s.size(), detail::transfer_op::kind::send_some, lim);
+    }
+    /// Sends the whole buffer, looping over short writes. If it fails part-way the count
+    /// sent is in partial_value() and later writes fail with errc::stream_broken.
+    template <readable_bytes B>
+    [[nodiscard]] auto write_all(const B& buf, op_limits lim = {}) {
+        auto s = as_bytes(buf);
+        return op(const_cast<std::byte*>(s.data()), s.size(), detail::transfer_op::kind::send_all, lim);
+    }
+
+    /// Vectored variants (recvmsg/sendmsg). The iovec array is copied; the buffers it
+    /// points to must outlive the operation.
+    [[nodiscard]] auto read_some(std::span<const iovec> iov, op_limits lim = {}) {
+        return vop(iov, detail::vectored_op::kind::recv_some, lim);
+    }
+    [[nodiscard]] auto read_exact(std::span<const iovec> iov, op_limits lim = {}) {
+        return vop(iov, detail::vectored_op::kind::recv_exact, lim);
+    }
+    [[nodiscard]] auto write_some(std::span<const iovec> iov, op_limits lim = {}) {
+        return vop(iov, detail::vectored_op::kind::send_some, lim);
+    }
+    [[nodiscard]] auto write_all(std::span<const iovec> iov, op_limits lim = {}) {
+        return vop(iov, detail::vectored_op::kind::send_all, lim);
+    }
+
+    /// Shuts down one or both directions (synchronous: it never blocks).
+    io_result<void> shutdown(shutdown_how how = shutdown_how::send) noexcept {
+        if (::shutdown(fd_.get(), static_cast<int>(how)) < 0) return {detail::last_error(), "shutdown"};
+        return {};
+    }
+
+    /// Cancels operations in flight on this socket and closes it. The cancelled
+    /// operations resume later with operation_canceled; keep the object alive until then.
+    void close() noexcept {
+        if (!fd_) return;
+        state_.closed = true;
+        if (ctx_) state_.cancel_queued(*ctx_);
+        if (ctx_ && (state_.send_gate.busy || state_.recv_gate.busy)) {
+            if (io_uring_sqe* sqe = io_uring_get_sqe(ctx_->native_handle())) {
+                io_uring_prep_cancel_fd(sqe, fd_.get(), IORING_ASYNC_CANCEL_ALL);
+                sqe->user_data = 0;
+                sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+                io_uring_submit(ctx_->native_handle());
+            }
+        }
+        fd_.reset();
+    }
+
+    bool is_open() const noexcept { return fd_.valid(); }
+    int native_handle() const noexcept { return fd_.get(); }
+    io_context& context() const noexcept { return *ctx_; }
+    /// Gives up the descriptor; the socket becomes closed.
+    unique_fd release() noexcept { return std::move(fd_); }
+
+    io_result<endpoint> local_endpoint() const { return ringsock::local_endpoint(fd_.get()); }
+    io_result<endpoint> remote_endpoint() const { return ringsock::remote_endpoint(fd_.get()); }
+
+private:
+    detail::transfer_op op(std::byte* p, std::size_t n, detail::transfer_op::kind k, const op_limits& lim) noexcept {
+        return detail::transfer_op(*ctx_, fd_.get(), &state_, p, n, k, lim);
+    }
+    detail::vectored_op vop(std::span<const iovec> iov, detail::vectored_op::kind k, const op_limits& lim) {
+        return detail::vectored_op(*ctx_, fd_.get(), &state_, iov, k, lim);
+    }
+
+    io_context* ctx_ = nullptr;
+    unique_fd fd_;
+    detail::socket_state state_;
+};
+
+}  // namespace ringsock
