@@ -16,6 +16,17 @@ namespace {
 
 using ringsock::task;
 
+// TRICKY: g++ (12) does not emit the symmetric-transfer tail call in a coroutine whose
+// stack frame ASan instruments (clang does, with musttail). Without it every transfer
+// nests a resume() call and a chain of 10,000 already overflows the stack. The chain
+// coroutines below opt out of ASan's instrumentation under g++ so the tests still check
+// the library's transfer logic; users' coroutines under g++ + ASan share that limit.
+#if defined(__SANITIZE_ADDRESS__) && !defined(__clang__)
+#define TAIL_CALLS_UNDER_ASAN __attribute__((no_sanitize_address))
+#else
+#define TAIL_CALLS_UNDER_ASAN
+#endif
+
 /// Counts live instances, so a test can prove a coroutine frame was destroyed.
 struct counted {
     static inline int live = 0;
@@ -105,29 +116,29 @@ task<int> awaits_lvalue(int* out_done) {
     co_return v;
 }
 
-task<int> trivial(int i) { co_return i & 1; }
+TAIL_CALLS_UNDER_ASAN task<int> trivial(int i) { co_return i & 1; }
 
-task<void> trivial_void() { co_return; }
+TAIL_CALLS_UNDER_ASAN task<void> trivial_void() { co_return; }
 
-task<long> many_sequential(int n) {
+TAIL_CALLS_UNDER_ASAN task<long> many_sequential(int n) {
     long sum = 0;
     for (int i = 0; i < n; ++i) sum += co_await trivial(i);
     co_return sum;
 }
 
-task<void> many_sequential_void(int n, int* count) {
+TAIL_CALLS_UNDER_ASAN task<void> many_sequential_void(int n, int* count) {
     for (int i = 0; i < n; ++i) {
         co_await trivial_void();
         ++*count;
     }
 }
 
-task<long> nested(int depth) {
+TAIL_CALLS_UNDER_ASAN task<long> nested(int depth) {
     if (depth == 0) co_return 0;
     co_return 1 + co_await nested(depth - 1);
 }
 
-task<void> nested_counted(int depth) {
+TAIL_CALLS_UNDER_ASAN task<void> nested_counted(int depth) {
     counted c;
     if (depth > 0) co_await nested_counted(depth - 1);
 }
@@ -266,7 +277,8 @@ TEST_CASE("task: frames are destroyed when tasks finish or are destroyed unstart
     }
     SECTION("finished through sync_wait") {
         ringsock::io_context ctx;
-        REQUIRE(ctx.sync_wait(holds_counted(counted{})) == 2);
+        auto t = holds_counted(counted{});  // the temporary argument is gone after this line
+        REQUIRE(ctx.sync_wait(std::move(t)) == 2);
         ctx.sync_wait(holds_counted_void(counted{}));
         REQUIRE(counted::live == 0);
     }

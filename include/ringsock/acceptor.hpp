@@ -5,11 +5,13 @@
 
 #include <liburing.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <cerrno>
-#include <deque>
+#include <cstddef>
 #include <memory>
 #include <utility>
+#include <vector>
 
 #include "detail/operation.hpp"
 #include "detail/socket_file.hpp"
@@ -35,6 +37,38 @@ struct listen_options {
 
 namespace detail {
 
+/// FIFO of accepted descriptors not yet taken. A vector read from a moving head: taking
+/// the last one empties it without freeing, so a steady accept/take cycle never
+/// allocates (a std::deque frees and reallocates a block every 128 descriptors).
+class fd_fifo {
+public:
+    fd_fifo() = default;
+    fd_fifo(const fd_fifo&) = delete;
+    fd_fifo& operator=(const fd_fifo&) = delete;
+    ~fd_fifo() {
+        for (std::size_t i = head_; i < fds_.size(); ++i) ::close(fds_[i]);
+    }
+    bool empty() const noexcept { return head_ == fds_.size(); }
+    std::size_t size() const noexcept { return fds_.size() - head_; }
+    void push_back(int fd) { fds_.push_back(fd); }
+    /// Precondition: !empty().
+    int pop_front() noexcept {
+        int fd = fds_[head_++];
+        if (head_ == fds_.size()) {
+            fds_.clear();
+            head_ = 0;
+        } else if (head_ >= 64 && 2 * head_ >= fds_.size()) {
+            fds_.erase(fds_.begin(), fds_.begin() + static_cast<std::ptrdiff_t>(head_));
+            head_ = 0;
+        }
+        return fd;
+    }
+
+private:
+    std::vector<int> fds_;
+    std::size_t head_ = 0;
+};
+
 /// One multishot ACCEPT feeding a queue of accepted descriptors. Armed while someone
 /// waits; hands each descriptor to the oldest waiter, or queues it (up to a cap, then
 /// it stops accepting until the queue drains, so the kernel backlog applies).
@@ -44,8 +78,7 @@ public:
 
     accept_engine(io_context& ctx, int fd) noexcept : operation(ctx, {}), listen_fd_(fd) {}
     ~accept_engine() override {
-        shut();
-        for (int fd : queue_) ::close(fd);
+        shut();  // queued descriptors are closed by queue_'s destructor
     }
 
     bool is_internal() const noexcept override { return true; }
@@ -84,9 +117,7 @@ public:
     /// Takes a queued descriptor, or -1.
     int take() noexcept {
         if (queue_.empty()) return -1;
-        int fd = queue_.front();
-        queue_.pop_front();
-        return fd;
+        return queue_.pop_front();
     }
     op_gate* waiters() noexcept { return &waiters_; }
     void arm() noexcept {
@@ -106,7 +137,7 @@ private:
 
     int listen_fd_;
     op_gate waiters_{true, {}};  // always "busy": accept waiters queue here
-    std::deque<int> queue_;
+    fd_fifo queue_;
     int last_error_ = 0;
     bool closing_ = false;
 };
@@ -189,7 +220,8 @@ private:
 class accept_op {
 public:
     accept_op(io_context& ctx, int fd, accept_engine* engine, const op_limits& lim) {
-        if (lim.timeout) once_.emplace(ctx, fd, lim);
+        // After close() there is no engine: the single-shot path on fd -1 gives EBADF.
+        if (lim.timeout || !engine) once_.emplace(ctx, fd, lim);
         else wait_.emplace(ctx, engine, lim);
     }
     bool await_ready() noexcept { return wait_ ? wait_->await_ready() : once_->await_ready(); }

@@ -131,7 +131,13 @@ public:
         op->state_ = detail::op_state::ready;
         ready_.push_back(op);
     }
-    void unready(detail::resumable* r) noexcept { ready_.erase(r); }
+    /// Takes a resumable that is being destroyed out of the ready list, giving back the
+    /// work unit its make_ready() came with (a no-op if it is not queued).
+    void unready(detail::resumable* r) noexcept {
+        if (!r->linked_) return;
+        ready_.erase(r);
+        --work_;
+    }
     void add_work() noexcept { ++work_; }
     void remove_work() noexcept { --work_; }
     void record_detached_exception(std::exception_ptr e) noexcept {
@@ -144,8 +150,12 @@ public:
 private:
     class wake_op;
 
-    bool try_prepare(detail::operation* op) noexcept;
-    void flush_pending() noexcept;
+    bool try_prepare(detail::operation* op, bool past_cap = false) noexcept;
+    void flush_pending(bool past_cap = false) noexcept;
+    void flush_late() noexcept;
+    detail::resumable_list& pending_list(detail::operation* op) noexcept {
+        return op->queued_late_ ? late_ : pending_;
+    }
     void flush_sq() noexcept;
     io_uring_sqe* get_sqe_flushing() noexcept;
     void enter(bool wait) noexcept;
@@ -167,6 +177,7 @@ private:
     bool shutting_down_ = false;
     detail::resumable_list ready_;
     detail::resumable_list pending_;
+    detail::resumable_list late_;  // receives prepared at the end of the turn (submit)
     std::vector<detail::operation*> cancel_backlog_;
     std::size_t inflight_ = 0;      // CQEs still expected for non-zero user_data
     std::size_t inflight_cap_ = 0;  // at most this many, so the CQ never overflows
@@ -322,8 +333,9 @@ inline void io_context::check_thread(const char* what) const {
 inline void io_context::drain_all() noexcept {
     shutting_down_ = true;
     // Operations never submitted are simply dropped; their awaiters see ECANCELED.
-    while (auto* r = pending_.pop_front()) {
+    while (auto* r = late_.empty() ? pending_.pop_front() : late_.pop_front()) {
         auto* op = static_cast<detail::operation*>(r);
+        op->queued_late_ = false;
         op->res_ = -ECANCELED;
         op->state_ = detail::op_state::ready;
         op->holds_gate_ = false;
@@ -452,12 +464,18 @@ inline void io_context::rethrow_detached() {
 inline bool io_context::turn(bool block, std::size_t max_resume, std::size_t& resumed) {
     if (remote_flag_.load(std::memory_order_acquire)) process_remote();
     flush_pending();
+    flush_late();
     if (ready_.empty()) {
         if (work_ == 0) {
             // Nothing can resume; still hand queued SQEs (cancels) to the kernel.
             if (io_uring_sq_ready(&ring_) > 0) enter(false);
             return false;
         }
+        // TRICKY: the in-flight cap only smooths bursts. Everything in flight may be a
+        // read that waits forever (idle peers) while the sends that would wake them are
+        // queued behind the cap: waiting now would deadlock. With nothing ready, submit
+        // past the cap; NODROP keeps any CQ overflow in the kernel and reap() drains it.
+        if (!pending_.empty()) flush_pending(true);
         enter(block);
     } else if (io_uring_sq_ready(&ring_) > 0 || (++poll_tick_ & 31) == 0) {
         // Coroutines are waiting to run: look for completions but never block, and
@@ -495,13 +513,27 @@ inline void io_context::reap() noexcept {
         unsigned flags;
     };
     constexpr unsigned batch = 64;
-    io_uring_cqe* cqes[batch];
     completion copied[batch];
+    bool flushed = false;
     for (;;) {
-        unsigned n = io_uring_peek_batch_cqe(&ring_, cqes, batch);
-        if (n == 0) break;
-        for (unsigned i = 0; i < n; ++i)
-            copied[i] = {cqes[i]->user_data, cqes[i]->res, cqes[i]->flags};
+        // The CQ read inline (io_uring_peek_batch_cqe is an out-of-line library call).
+        // The ring has 16-byte CQEs: no IORING_SETUP_CQE32.
+        unsigned head = *ring_.cq.khead;
+        unsigned n = io_uring_smp_load_acquire(ring_.cq.ktail) - head;
+        if (n == 0) {
+            // CQEs the kernel kept on its overflow list (NODROP) come back with a
+            // GETEVENTS enter, as io_uring_peek_batch_cqe does it.
+            if (flushed || !io_uring_cq_has_overflow(&ring_)) break;
+            (void)io_uring_get_events(&ring_);
+            flushed = true;
+            continue;
+        }
+        if (n > batch) n = batch;
+        const unsigned mask = ring_.cq.ring_mask;
+        for (unsigned i = 0; i < n; ++i) {
+            const io_uring_cqe& c = ring_.cq.cqes[(head + i) & mask];
+            copied[i] = {c.user_data, c.res, c.flags};
+        }
         // Advance before running any completion logic: a handler may submit new SQEs.
         io_uring_cq_advance(&ring_, n);
         for (unsigned i = 0; i < n; ++i) dispatch(copied[i].user_data, copied[i].res, copied[i].flags);
@@ -531,6 +563,9 @@ inline void io_context::dispatch(std::uint64_t ud, int res, unsigned flags) noex
 }
 
 inline void io_context::complete(detail::operation* op) noexcept {
+    // A cancel still waiting in the backlog must not outlive the operation it aims at:
+    // once resumed, the frame holding the operation may be freed.
+    if (op->cancel_sent_ && !cancel_backlog_.empty()) std::erase(cancel_backlog_, op);
     op->state_ = detail::op_state::ready;
     if (!op->on_complete()) {
         // Resubmitted itself (now pending or in flight), or internal and finished.
@@ -561,9 +596,31 @@ inline void io_context::submit(detail::operation* op) noexcept {
         if (!op->is_internal()) make_ready(op);
         return;
     }
+    if (op->submit_late_) {
+        // TRICKY: a receive's SQE goes into the SQ after every SQE the rest of this turn
+        // prepares (flush_late runs right before the turn's enter), so when the peer end
+        // is on this loop, its send reaches the socket first and the receive completes
+        // inline instead of arming poll and completing from task-work. It is never held
+        // past the enter: the order within one batch is all that changes.
+        op->state_ = detail::op_state::pending;
+        op->queued_late_ = true;
+        late_.push_back(op);
+        return;
+    }
     if (!pending_.empty() || !try_prepare(op)) {
         op->state_ = detail::op_state::pending;
         pending_.push_back(op);
+    }
+}
+
+inline void io_context::flush_late() noexcept {
+    while (auto* r = late_.pop_front()) {
+        auto* op = static_cast<detail::operation*>(r);
+        op->queued_late_ = false;
+        if (!pending_.empty() || !try_prepare(op)) {
+            op->state_ = detail::op_state::pending;
+            pending_.push_back(op);
+        }
     }
 }
 
@@ -581,9 +638,9 @@ inline void io_context::flush_sq() noexcept {
     (void)io_uring_submit(&ring_);
 }
 
-inline bool io_context::try_prepare(detail::operation* op) noexcept {
+inline bool io_context::try_prepare(detail::operation* op, bool past_cap) noexcept {
     unsigned need = op->has_deadline_ ? 2 : 1;
-    if (inflight_ + need > inflight_cap_) return false;
+    if (!past_cap && inflight_ + need > inflight_cap_) return false;
     if (io_uring_sq_space_left(&ring_) < need) {
         flush_sq();
         if (io_uring_sq_space_left(&ring_) < need) return false;
@@ -604,7 +661,7 @@ inline bool io_context::try_prepare(detail::operation* op) noexcept {
     return true;
 }
 
-inline void io_context::flush_pending() noexcept {
+inline void io_context::flush_pending(bool past_cap) noexcept {
     if (!cancel_backlog_.empty()) {
         auto backlog = std::move(cancel_backlog_);
         cancel_backlog_.clear();
@@ -616,7 +673,7 @@ inline void io_context::flush_pending() noexcept {
     while (!pending_.empty()) {
         auto* op = static_cast<detail::operation*>(pending_.front());
         pending_.erase(op);
-        if (!try_prepare(op)) {
+        if (!try_prepare(op, past_cap)) {
             // Still no room: keep its place and wait for completions to free some.
             pending_.push_front(op);
             op->state_ = detail::op_state::pending;
@@ -629,7 +686,8 @@ inline void io_context::request_cancel(detail::operation* op) noexcept {
     op->cancel_requested_ = true;
     switch (op->state_) {
         case detail::op_state::pending:
-            pending_.erase(op);
+            pending_list(op).erase(op);
+            op->queued_late_ = false;
             op->res_ = -ECANCELED;
             op->cqes_left_ = 0;
             op->state_ = detail::op_state::ready;
@@ -706,7 +764,8 @@ inline void io_context::settle(detail::operation* op) noexcept {
             --work_;
             break;
         case op_state::pending:
-            pending_.erase(op);
+            pending_list(op).erase(op);
+            op->queued_late_ = false;
             release_gate(op);
             if (!op->is_internal()) --work_;
             break;

@@ -82,7 +82,8 @@ struct op_gate {
 enum class op_state : std::uint8_t {
     idle,       // not submitted
     gated,      // waiting for its socket's direction to be free
-    pending,    // waiting for room in the SQ or under the in-flight cap
+    pending,    // waiting for room in the SQ or under the in-flight cap, or for the
+                // end of the turn (a receive, see io_context::submit)
     in_flight,  // SQE handed to the ring, CQE(s) outstanding
     ready,      // all CQEs arrived, waiting in the ready list to resume
     done,       // resumed (or never started)
@@ -159,6 +160,10 @@ protected:
     bool cancel_sent_ = false;
     bool has_deadline_ = false;
     bool holds_gate_ = false;
+    /// Set by receives: the loop puts their SQE after the other SQEs of the same turn
+    /// (see io_context::submit), so a send to the same socket pair goes first.
+    bool submit_late_ = false;
+    bool queued_late_ = false;  // waiting in the context's late list (state pending)
     op_gate* gate_ = nullptr;
     std::atomic<bool> remote_cancel_posted_{false};
     __kernel_timespec deadline_{};

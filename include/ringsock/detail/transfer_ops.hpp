@@ -47,6 +47,7 @@ public:
                 const op_limits& lim) noexcept
         : operation(ctx, lim), fd_(fd), st_(st), buf_(buf), len_(len), kind_(k) {
         gate_ = is_send() ? &st->send_gate : &st->recv_gate;
+        submit_late_ = !is_send();
     }
 
     bool await_ready() noexcept {
@@ -65,7 +66,10 @@ public:
     void prepare(io_uring_sqe* sqe) noexcept override {
         std::size_t n = std::min(len_ - done_, max_chunk);
         if (is_send()) {
-            io_uring_prep_send(sqe, fd_, buf_ + done_, n, MSG_NOSIGNAL);
+            // MSG_WAITALL (stream sockets) makes io_uring retry a short send itself
+            // instead of posting a CQE per chunk; a cancel still reports the partial
+            // count, and on_complete loops regardless.
+            io_uring_prep_send(sqe, fd_, buf_ + done_, n, MSG_NOSIGNAL | (kind_ == kind::send_all ? MSG_WAITALL : 0));
         } else {
             // MSG_WAITALL only saves round trips; on_complete loops regardless.
             io_uring_prep_recv(sqe, fd_, buf_ + done_, n, kind_ == kind::recv_exact ? MSG_WAITALL : 0);
@@ -134,6 +138,7 @@ public:
                 const op_limits& lim)
         : operation(ctx, lim), fd_(fd), st_(st), kind_(k) {
         gate_ = is_send() ? &st->send_gate : &st->recv_gate;
+        submit_late_ = !is_send();
         if (iov.size() <= inline_.size()) {
             std::copy(iov.begin(), iov.end(), inline_.begin());
             iov_ = inline_.data();

@@ -1,0 +1,197 @@
+// fd_server PATH DIR: a file broker. A client sends "NAME\n"; the server opens DIR/NAME
+// read-only and answers "OK\n" carrying that one descriptor, or "ERR <reason>\n"
+// carrying none. Only peers with our uid (or one given with --allow-uid) are served,
+// checked with SO_PEERCRED; refused peers are logged with their pid and uid.
+// SIGTERM/SIGINT: stop, remove the socket file, exit 0.
+//
+//   fd_server /tmp/files.sock /srv/files [--allow-uid UID]... [--mode OCTAL]
+//   fd_client /tmp/files.sock motd
+//   python3 -c 'import socket; s = socket.socket(socket.AF_UNIX); s.connect("/tmp/files.sock");
+//     s.send(b"motd\n"); msg, fds, _, _ = socket.recv_fds(s, 64, 1); print(msg, fds)'
+#include <ringsock/ringsock.hpp>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <vector>
+
+using namespace std::chrono_literals;
+using ringsock::task;
+
+namespace {
+
+/// A request line longer than this (without its newline) ends the connection.
+constexpr std::size_t max_request = 4096;
+
+struct server_state {
+    int dir_fd = -1;
+    std::vector<uid_t> allowed;
+    std::stop_source stop;  // cancels every connection's pending I/O
+    std::size_t connections = 0;
+};
+
+/// The reply to one request: "OK\n" and a descriptor, or "ERR <reason>\n".
+struct reply {
+    std::string line;
+    ringsock::unique_fd fd;
+};
+
+reply open_request(const server_state& st, std::string_view name) {
+    if (name.empty()) return {"ERR empty name\n", {}};
+    if (name.find('/') != std::string_view::npos || name.find("..") != std::string_view::npos || name == "." ||
+        name.find('\0') != std::string_view::npos)
+        return {"ERR invalid name\n", {}};
+    std::string n(name);
+    // O_NONBLOCK: opening a FIFO must not block the server; O_NOFOLLOW: no symlink escape.
+    ringsock::unique_fd fd(::openat(st.dir_fd, n.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK));
+    if (!fd) return {std::string("ERR ") + std::strerror(errno) + "\n", {}};
+    struct stat sb {};
+    if (::fstat(fd.get(), &sb) < 0 || !S_ISREG(sb.st_mode)) return {"ERR not a regular file\n", {}};
+    ::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) & ~O_NONBLOCK);
+    return {"OK\n", std::move(fd)};
+}
+
+// One connection: many requests, one reply each.
+task<void> serve_client(ringsock::fd_stream sock, server_state& st) {
+    ++st.connections;
+    auto token = st.stop.get_token();
+    auto cred = ringsock::peer_credentials(sock);
+    bool allowed = false;
+    if (cred) {
+        for (uid_t u : st.allowed) allowed = allowed || u == cred->uid;
+    }
+    if (!allowed) {
+        if (cred) std::fprintf(stderr, "fd_server: refused peer pid %d uid %u\n", int(cred->pid), unsigned(cred->uid));
+        else std::fprintf(stderr, "fd_server: refused peer: %s\n", cred.error().message().c_str());
+        (void)co_await sock.write_all(std::string_view("ERR permission denied\n"), {token, 5s});
+        --st.connections;
+        co_return;
+    }
+    std::string pending;
+    std::array<char, 4096> buf;
+    for (;;) {
+        auto n = co_await sock.read_some(buf, token);
+        // Descriptors the client pushed at us are not wanted: close them (a push over the
+        // queue limit was already closed, reported as fds_truncated with the bytes kept).
+        if (auto pushed = sock.take_fds(); !pushed.empty())
+            std::fprintf(stderr, "fd_server: closed %zu descriptor(s) sent by pid %d\n", pushed.size(), int(cred->pid));
+        std::size_t got = n ? *n : (n.error() == ringsock::errc::fds_truncated ? n.partial_value() : 0);
+        if (got == 0) break;  // end of stream, error or cancelled
+        pending.append(buf.data(), got);
+        std::size_t nl;
+        bool ok = true;
+        while (ok && (nl = pending.find('\n')) != std::string::npos) {
+            reply r = open_request(st, std::string_view(pending).substr(0, nl));
+            pending.erase(0, nl + 1);
+            if (r.fd) {
+                auto w = co_await sock.send_fds(r.line, r.fd, token);
+                ok = static_cast<bool>(w);
+            } else {
+                auto w = co_await sock.write_all(r.line, token);
+                ok = static_cast<bool>(w);
+            }
+        }
+        if (!ok) break;
+        if (pending.size() > max_request) {
+            (void)co_await sock.write_all(std::string_view("ERR request too long\n"), {token, 5s});
+            break;  // disconnect: the rest of the line is never read
+        }
+    }
+    --st.connections;
+}
+
+task<void> accept_loop(ringsock::io_context& ctx, ringsock::acceptor& acc, server_state& st) {
+    for (;;) {
+        auto conn = co_await acc.accept(st.stop.get_token());
+        if (conn) {
+            ctx.spawn(serve_client(ringsock::fd_stream(std::move(*conn)), st));
+        } else if (conn.error() == std::errc::operation_canceled) {
+            co_return;
+        } else if (conn.error() == std::errc::too_many_files_open ||
+                   conn.error() == std::errc::too_many_files_open_in_system) {
+            std::fprintf(stderr, "fd_server: accept: %s; backing off\n", conn.error().message().c_str());
+            (void)co_await ringsock::sleep_for(ctx, 100ms);
+        } else {
+            std::fprintf(stderr, "fd_server: accept: %s\n", conn.error().message().c_str());
+            co_return;
+        }
+    }
+}
+
+task<int> serve(ringsock::io_context& ctx, ringsock::acceptor& acc, ringsock::signal_set& signals,
+                server_state& st) {
+    ctx.spawn(accept_loop(ctx, acc, st));
+    auto sig = co_await signals.wait();
+    if (sig) std::fprintf(stderr, "fd_server: %s: shutting down\n", ::strsignal(*sig));
+    acc.close();              // stops accepting and removes the socket file
+    st.stop.request_stop();   // cancels the accept loop and every connection
+    while (st.connections > 0) (void)co_await ringsock::sleep_for(ctx, 1ms);
+    co_return 0;
+}
+
+[[noreturn]] void usage() {
+    std::fprintf(stderr, "usage: fd_server PATH DIR [--allow-uid UID]... [--mode OCTAL]\n");
+    std::exit(2);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::vector<std::string> positional;
+    server_state st;
+    st.allowed.push_back(::getuid());
+    mode_t mode = 0600;
+    for (int i = 1; i < argc; ++i) {
+        if (std::strcmp(argv[i], "--allow-uid") == 0 && i + 1 < argc) {
+            char* end = nullptr;
+            unsigned long u = std::strtoul(argv[++i], &end, 10);
+            if (*end != '\0') usage();
+            st.allowed.push_back(static_cast<uid_t>(u));
+        } else if (std::strcmp(argv[i], "--mode") == 0 && i + 1 < argc) {
+            mode = static_cast<mode_t>(std::strtoul(argv[++i], nullptr, 8));
+        } else if (argv[i][0] == '-') {
+            usage();
+        } else {
+            positional.push_back(argv[i]);
+        }
+    }
+    if (positional.size() != 2) usage();
+    const std::string& path = positional[0];
+    ringsock::unique_fd dir(::open(positional[1].c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!dir) {
+        std::fprintf(stderr, "fd_server: %s: %s\n", positional[1].c_str(), std::strerror(errno));
+        return 1;
+    }
+    st.dir_fd = dir.get();
+    try {
+        ringsock::io_context ctx;
+        // Block the signals before anything else so none is delivered the default way.
+        ringsock::signal_set signals(ctx, {SIGTERM, SIGINT});
+        auto ep = ringsock::endpoint::path(path);
+        if (!ep) {
+            std::fprintf(stderr, "fd_server: %s: %s\n", path.c_str(), ep.error().message().c_str());
+            return 1;
+        }
+        ringsock::listen_options opts;
+        opts.mode = mode;
+        auto acc = ringsock::acceptor::listen(ctx, *ep, opts);
+        if (!acc) {
+            std::fprintf(stderr, "fd_server: cannot listen on %s: %s\n", path.c_str(), acc.error().message().c_str());
+            return 1;
+        }
+        std::fprintf(stderr, "fd_server: serving %s on %s\n", positional[1].c_str(), path.c_str());
+        return ctx.sync_wait(serve(ctx, *acc, signals, st));
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "fd_server: %s\n", e.what());
+        return 1;
+    }
+}

@@ -1,0 +1,348 @@
+// sendmsg / recvmsg operations that carry control messages: descriptors out, and
+// descriptors and credentials in. Used by fd_stream, seqpacket_socket and
+// datagram_socket. The msghdr, iovec, control buffer and address live in the awaiter.
+#pragma once
+
+#include <liburing.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstddef>
+#include <span>
+#include <utility>
+#include <vector>
+
+#include "../endpoint.hpp"
+#include "../error.hpp"
+#include "../fd_passing.hpp"
+#include "../io_context.hpp"
+#include "../io_result.hpp"
+#include "../unique_fd.hpp"
+#include "cmsg.hpp"
+#include "operation.hpp"
+#include "transfer_ops.hpp"
+
+namespace ringsock::detail {
+
+/// Closes a socket the way stream_socket::close does: queued operations are cancelled,
+/// in-flight ones get an ASYNC_CANCEL by descriptor, then the descriptor is closed.
+inline void close_socket(io_context* ctx, unique_fd& fd, socket_state& st) noexcept {
+    if (!fd) return;
+    st.closed = true;
+    if (ctx) st.cancel_queued(*ctx);
+    if (ctx && (st.send_gate.busy || st.recv_gate.busy)) {
+        if (io_uring_sqe* sqe = io_uring_get_sqe(ctx->native_handle())) {
+            io_uring_prep_cancel_fd(sqe, fd.get(), IORING_ASYNC_CANCEL_ALL);
+            sqe->user_data = 0;
+            sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+            io_uring_submit(ctx->native_handle());
+        }
+    }
+    fd.reset();
+}
+
+/// Descriptors received on a stream and not yet taken (fd_stream).
+struct fd_queue {
+    std::vector<unique_fd> fds;
+    std::size_t limit = 1024;
+    std::vector<unique_fd> scratch;  // always empty: its capacity is reused by every read
+};
+
+/// IORING_OP_SENDMSG (always MSG_NOSIGNAL) with an optional SCM_RIGHTS message and an
+/// optional destination. `stream`: sends the whole buffer, looping over short sends,
+/// with the descriptors attached to the first chunk. `message`: one message, whole.
+class send_msg_op final : public operation {
+public:
+    enum class kind : unsigned char { stream, message };
+
+    send_msg_op(io_context& ctx, int fd, socket_state* st, std::span<const std::byte> data, const borrowed_fds& fds,
+                const endpoint* dest, kind k, const char* what, const op_limits& lim) noexcept
+        : operation(ctx, lim), fd_(fd), st_(st), buf_(data.data()), len_(data.size()), kind_(k), what_(what) {
+        gate_ = &st->send_gate;
+        if (fds.size() > scm_max_fd) {
+            early_ = make_error_code(errc::too_many_fds);
+            return;
+        }
+        int tmp[scm_max_fd];
+        for (std::size_t i = 0; i < fds.size(); ++i) {
+            tmp[i] = fds[i];
+            if (tmp[i] < 0) {
+                early_ = std::make_error_code(std::errc::bad_file_descriptor);
+                return;
+            }
+        }
+        rights_.build(tmp, fds.size());
+        if (k == kind::stream && len_ == 0 && fds.size() > 0) {
+            // A stream has no empty messages: the descriptors need a byte to ride on.
+            early_ = std::make_error_code(std::errc::invalid_argument);
+            return;
+        }
+        if (dest) {
+            dest_ = *dest;
+            has_dest_ = true;
+        }
+    }
+
+    bool await_ready() noexcept {
+        if (kind_ == kind::stream && st_->write_broken && !early_) early_ = make_error_code(errc::stream_broken);
+        if (early_ || (kind_ == kind::stream && len_ == 0)) {
+            state_ = op_state::done;
+            return true;
+        }
+        return operation::await_ready();
+    }
+
+    void prepare(io_uring_sqe* sqe) noexcept override {
+        if ((done_ != 0 || rights_.size() == 0) && !has_dest_) {
+            // Nothing but bytes: a plain SEND is the same request, without the msghdr
+            // copy-in SENDMSG costs the kernel on every call.
+            io_uring_prep_send(sqe, fd_, buf_ + done_, std::min(len_ - done_, max_chunk), MSG_NOSIGNAL);
+            return;
+        }
+        msg_ = msghdr{};
+        iov_.iov_base = const_cast<std::byte*>(buf_ + done_);
+        iov_.iov_len = std::min(len_ - done_, max_chunk);
+        msg_.msg_iov = &iov_;
+        msg_.msg_iovlen = 1;
+        if (done_ == 0) {
+            msg_.msg_control = rights_.data();
+            msg_.msg_controllen = rights_.size();
+        }
+        if (has_dest_) {
+            msg_.msg_name = const_cast<sockaddr*>(dest_.data());
+            msg_.msg_namelen = dest_.size();
+        }
+        io_uring_prep_sendmsg(sqe, fd_, &msg_, MSG_NOSIGNAL);
+    }
+
+    bool on_complete() noexcept override {
+        if (res_ > 0) {
+            done_ += static_cast<std::size_t>(res_);
+            if (kind_ == kind::stream && done_ < len_ && !interrupted() && !st_->closed) {
+                ctx_->submit(this);
+                return false;
+            }
+        }
+        return true;
+    }
+
+    io_result<std::size_t> await_resume() noexcept {
+        finish_wait();
+        if (early_) return {0, early_, what_};
+        if (kind_ == kind::message) {
+            if (res_ >= 0) return static_cast<std::size_t>(res_);
+            return {0, result_error(), what_};
+        }
+        if (len_ == 0 || done_ == len_) return done_;
+        std::error_code ec = res_ < 0 ? result_error()
+                                      : std::make_error_code(timed_out() ? std::errc::timed_out
+                                                                         : std::errc::operation_canceled);
+        if (done_ > 0) st_->write_broken = true;  // the peer has part of the bytes
+        return {done_, ec, what_};
+    }
+
+private:
+    int fd_;
+    socket_state* st_;
+    const std::byte* buf_;
+    std::size_t len_;
+    std::size_t done_ = 0;
+    kind kind_;
+    bool has_dest_ = false;
+    const char* what_;
+    std::error_code early_{};
+    rights_message rights_;
+    endpoint dest_;
+    iovec iov_{};
+    msghdr msg_{};
+};
+
+/// IORING_OP_RECVMSG with MSG_CMSG_CLOEXEC and a control buffer for 253 descriptors
+/// plus credentials. Descriptors are owned (wrapped) when the completion is reaped,
+/// before the coroutine resumes, so they are closed if it never does.
+///  - stream_some / stream_exact / stream_receive: fd_stream reads; descriptors go to
+///    the socket's queue (stream_receive hands the queue over in its result).
+///  - message: one whole datagram / seqpacket message; truncation is an error.
+class recv_msg_op final : public operation {
+public:
+    enum class kind : unsigned char { stream_some, stream_exact, stream_receive, message };
+
+    recv_msg_op(io_context& ctx, int fd, socket_state* st, std::span<std::byte> buf, kind k, fd_queue* queue,
+                std::size_t max_fds, bool want_sender, const char* what, const op_limits& lim) noexcept
+        : operation(ctx, lim), fd_(fd), st_(st), queue_(queue), buf_(buf.data()), len_(buf.size()),
+          max_fds_(std::min(max_fds, scm_max_fd)), kind_(k), want_sender_(want_sender), what_(what) {
+        gate_ = &st->recv_gate;
+    }
+    // TRICKY: settle while this is still a recv_msg_op: if the receive completes during
+    // the cancel, on_complete (ours, not the base's) takes the descriptors, and the
+    // members destroyed after this body close them. The base destructor would be too late.
+    ~recv_msg_op() override { settle(); }
+
+    bool await_ready() noexcept {
+        if (kind_ != kind::message && len_ == 0) {
+            state_ = op_state::done;  // nothing to read: never mistake it for end of stream
+            return true;
+        }
+        return operation::await_ready();
+    }
+
+    void prepare(io_uring_sqe* sqe) noexcept override {
+        msg_ = msghdr{};
+        iov_.iov_base = buf_ + done_;
+        iov_.iov_len = std::min(len_ - done_, max_chunk);
+        msg_.msg_iov = &iov_;
+        msg_.msg_iovlen = 1;
+        msg_.msg_control = ctrl_.data();
+        msg_.msg_controllen = control_length_for(max_fds_);
+        if (want_sender_) {
+            addr_ = sockaddr_un{};
+            msg_.msg_name = &addr_;
+            msg_.msg_namelen = sizeof addr_;
+        }
+        // On message sockets MSG_TRUNC makes the result the message's full length.
+        int flags = MSG_CMSG_CLOEXEC | (kind_ == kind::message ? MSG_TRUNC : 0);
+        io_uring_prep_recvmsg(sqe, fd_, &msg_, static_cast<unsigned>(flags));
+    }
+
+    bool on_complete() noexcept override {
+        if (res_ < 0) return true;
+        // Own whatever arrived before anything else happens.
+        std::size_t clen = std::min<std::size_t>(msg_.msg_controllen, ctrl_.size());
+        if (msg_.msg_control == nullptr) clen = 0;
+        // Stream reads parse into the queue's scratch vector: no allocation per read.
+        parsed_control c = parse_control({ctrl_.data(), clen}, msg_.msg_flags, max_fds_,
+                                         kind_ == kind::message ? std::vector<unique_fd>{} : std::move(queue_->scratch));
+        // FACTS 5: io_uring leaves MSG_CMSG_CLOEXEC in msg_flags; test bits, never compare to 0.
+        flags_ |= msg_.msg_flags & ~MSG_CMSG_CLOEXEC;
+        if (c.error && !fd_error_) fd_error_ = c.error;
+        if (kind_ == kind::message) {
+            full_ = static_cast<std::size_t>(res_);
+            result_.fds = std::move(c.fds);
+            result_.sender_credentials = c.creds;
+            result_.sender_pidfd = std::move(c.pidfd);
+            if (want_sender_) {
+                result_.sender = endpoint::from_native(addr_, std::min<socklen_t>(msg_.msg_namelen, sizeof addr_));
+            }
+            return true;
+        }
+        done_ += static_cast<std::size_t>(res_);
+        if (!c.fds.empty()) {
+            std::error_code ec;
+            if (queue_->fds.size() + c.fds.size() > queue_->limit) {
+                ec = make_error_code(errc::fds_truncated);  // over the socket's limit
+            } else {
+                try {
+                    queue_->fds.reserve(queue_->fds.size() + c.fds.size());
+                } catch (...) {
+                    ec = std::make_error_code(std::errc::not_enough_memory);
+                }
+            }
+            if (ec) {
+                c.fds.clear();  // closes them
+                if (!fd_error_) fd_error_ = ec;
+            } else {
+                for (auto& f : c.fds) queue_->fds.push_back(std::move(f));  // room reserved: no throw
+            }
+        }
+        c.fds.clear();
+        queue_->scratch = std::move(c.fds);
+        if (kind_ == kind::stream_exact && res_ > 0 && done_ < len_ && !fd_error_ && !interrupted() && !st_->closed) {
+            ctx_->submit(this);
+            return false;
+        }
+        return true;
+    }
+
+    /// fd_stream::read_some / read_exact.
+    io_result<std::size_t> resume_bytes() noexcept {
+        finish_wait();
+        if (len_ == 0) return std::size_t{0};
+        if (kind_ == kind::stream_some) {
+            if (res_ < 0 && done_ == 0) return {0, result_error(), what_};
+            if (fd_error_) return {done_, fd_error_, what_};
+            return done_;
+        }
+        if (done_ == len_ && !fd_error_) return done_;
+        std::error_code ec = fd_error_;
+        if (!ec) {
+            if (res_ == 0) ec = make_error_code(errc::end_of_stream);
+            else if (res_ < 0) ec = result_error();
+            else ec = std::make_error_code(timed_out() ? std::errc::timed_out : std::errc::operation_canceled);
+        }
+        return {done_, ec, what_};
+    }
+
+    /// fd_stream::receive and the message sockets' receives.
+    io_result<received_message> resume_message() noexcept {
+        finish_wait();
+        received_message m = std::move(result_);
+        m.flags = flags_;
+        if (kind_ == kind::message) {
+            if (res_ < 0) return {std::move(m), result_error(), what_};
+            m.bytes = std::min(full_, len_);
+            m.full_size = full_;
+            if (fd_error_) return {std::move(m), fd_error_, what_};
+            if ((flags_ & MSG_TRUNC) || full_ > len_)
+                return {std::move(m), make_error_code(errc::message_truncated), what_};
+            return m;
+        }
+        // stream_receive: the bytes of this read and every descriptor queued so far.
+        m.bytes = done_;
+        m.full_size = done_;
+        m.fds = std::move(queue_->fds);
+        queue_->fds.clear();
+        if (len_ != 0 && res_ < 0 && done_ == 0) return {std::move(m), result_error(), what_};
+        if (fd_error_) return {std::move(m), fd_error_, what_};
+        return m;
+    }
+
+private:
+    int fd_;
+    socket_state* st_;
+    fd_queue* queue_;
+    std::byte* buf_;
+    std::size_t len_;
+    std::size_t done_ = 0;
+    std::size_t full_ = 0;
+    std::size_t max_fds_;
+    kind kind_;
+    bool want_sender_;
+    int flags_ = 0;
+    const char* what_;
+    std::error_code fd_error_{};
+    received_message result_;
+    iovec iov_{};
+    msghdr msg_{};
+    sockaddr_un addr_{};
+    control_buffer<control_capacity> ctrl_;
+};
+
+/// The awaiter users see for byte reads on an fd_stream.
+class stream_read_awaiter {
+public:
+    template <class... A>
+    explicit stream_read_awaiter(A&&... a) noexcept : op_(std::forward<A>(a)...) {}
+    bool await_ready() noexcept { return op_.await_ready(); }
+    void await_suspend(std::coroutine_handle<> h) { op_.await_suspend(h); }
+    io_result<std::size_t> await_resume() noexcept { return op_.resume_bytes(); }
+
+private:
+    recv_msg_op op_;
+};
+
+/// The awaiter users see for receives that yield a received_message.
+class message_awaiter {
+public:
+    template <class... A>
+    explicit message_awaiter(A&&... a) noexcept : op_(std::forward<A>(a)...) {}
+    bool await_ready() noexcept { return op_.await_ready(); }
+    void await_suspend(std::coroutine_handle<> h) { op_.await_suspend(h); }
+    io_result<received_message> await_resume() noexcept { return op_.resume_message(); }
+
+private:
+    recv_msg_op op_;
+};
+
+}  // namespace ringsock::detail

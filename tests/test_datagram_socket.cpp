@@ -1,0 +1,268 @@
+// datagram_socket: boundaries, truncation, sender addresses (bound, abstract and
+// unbound senders), connected use, socketpair, and the socket-file rules of bind().
+#include <catch2/catch.hpp>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <array>
+#include <fstream>
+#include <string>
+#include <string_view>
+
+#include <ringsock/ringsock.hpp>
+
+#include "support/fd_count.hpp"
+
+using namespace std::chrono_literals;
+using ringsock::datagram_socket;
+using ringsock::endpoint;
+using ringsock::io_context;
+using ringsock::task;
+
+namespace {
+
+struct temp_dir {
+    std::string path;
+    temp_dir() {
+        char tmpl[] = "/tmp/ringsock-dgram-XXXXXX";
+        REQUIRE(::mkdtemp(tmpl) != nullptr);
+        path = tmpl;
+    }
+    ~temp_dir() {
+        for (const char* n : {"/server.sock", "/client.sock"}) ::unlink((path + n).c_str());
+        ::rmdir(path.c_str());
+    }
+    std::string file(const char* name) const { return path + "/" + name; }
+};
+
+endpoint unique_abstract(const char* tag) {
+    return endpoint::abstract(std::string("ringsock-test-dgram-") + tag + "-" + std::to_string(::getpid())).value();
+}
+
+}  // namespace
+
+TEST_CASE("datagram_socket: each datagram is received whole and separately, with the sender's path", "[datagram_socket]") {
+    io_context ctx;
+    temp_dir dir;
+    auto server_ep = endpoint::path(dir.file("server.sock")).value();
+    auto client_ep = endpoint::path(dir.file("client.sock")).value();
+    auto server = datagram_socket::bind(ctx, server_ep);
+    REQUIRE(server);
+    auto client = datagram_socket::bind(ctx, client_ep);
+    REQUIRE(client);
+    auto run = [&]() -> task<void> {
+        for (std::string_view m : {"one", "two!", "three"}) {
+            auto s = co_await client->send_to(m, server_ep);
+            REQUIRE(s);
+            CHECK(*s == m.size());
+        }
+        std::array<char, 64> buf{};
+        for (std::string_view m : {"one", "two!", "three"}) {
+            auto r = co_await server->receive_from(buf);
+            REQUIRE(r);
+            CHECK(std::string_view(buf.data(), r->bytes) == m);
+            CHECK(r->sender.is_path());
+            CHECK(r->sender.path_name() == dir.file("client.sock"));
+        }
+        // The server answers to the address it saw.
+        auto r = co_await server->send_to(std::string_view("ack"), client_ep);
+        REQUIRE(r);
+        auto back = co_await client->receive_from(buf);
+        REQUIRE(back);
+        CHECK(std::string_view(buf.data(), back->bytes) == "ack");
+        CHECK(back->sender == server_ep);
+    };
+    ctx.sync_wait(run());
+}
+
+TEST_CASE("datagram_socket: an unbound sender appears as an unnamed endpoint, an abstract one by its name", "[datagram_socket]") {
+    io_context ctx;
+    auto server_ep = unique_abstract("server");
+    auto server = datagram_socket::bind(ctx, server_ep);
+    REQUIRE(server);
+    auto unbound = datagram_socket::open(ctx);
+    REQUIRE(unbound);
+    auto named_ep = unique_abstract("client");
+    auto named = datagram_socket::bind(ctx, named_ep);
+    REQUIRE(named);
+    auto run = [&]() -> task<void> {
+        auto s1 = co_await unbound->send_to(std::string_view("anon"), server_ep);
+        REQUIRE(s1);
+        auto s2 = co_await named->send_to(std::string_view("named"), server_ep);
+        REQUIRE(s2);
+        std::array<char, 64> buf{};
+        auto r1 = co_await server->receive_from(buf);
+        REQUIRE(r1);
+        CHECK(std::string_view(buf.data(), r1->bytes) == "anon");
+        CHECK(r1->sender.is_unnamed());
+        CHECK(r1->sender.to_string() == "(unnamed)");
+        auto r2 = co_await server->receive_from(buf);
+        REQUIRE(r2);
+        CHECK(r2->sender.is_abstract());
+        CHECK(r2->sender == named_ep);
+    };
+    ctx.sync_wait(run());
+}
+
+TEST_CASE("datagram_socket: a datagram longer than the buffer is message_truncated with the part that fit, and the next is intact",
+          "[datagram_socket]") {
+    io_context ctx;
+    auto pr = datagram_socket::pair(ctx);
+    REQUIRE(pr);
+    auto run = [&]() -> task<void> {
+        auto s1 = co_await pr->first.send(std::string_view("0123456789"));
+        REQUIRE(s1);
+        auto s2 = co_await pr->first.send(std::string_view("ok"));
+        REQUIRE(s2);
+        std::array<char, 4> small{};
+        auto r = co_await pr->second.receive(small);
+        REQUIRE_FALSE(r);
+        CHECK(r.error() == ringsock::errc::message_truncated);
+        CHECK(r.partial_value().bytes == 4);
+        CHECK(r.partial_value().full_size == 10);
+        CHECK(std::string_view(small.data(), 4) == "0123");
+        auto r2 = co_await pr->second.receive(small);
+        REQUIRE(r2);
+        CHECK(r2->bytes == 2);
+        CHECK(std::string_view(small.data(), 2) == "ok");
+    };
+    ctx.sync_wait(run());
+}
+
+TEST_CASE("datagram_socket: an empty datagram is received as 0 bytes without error", "[datagram_socket]") {
+    io_context ctx;
+    auto pr = datagram_socket::pair(ctx);
+    REQUIRE(pr);
+    auto run = [&]() -> task<void> {
+        auto s = co_await pr->first.send(std::string_view(""));
+        REQUIRE(s);
+        std::array<char, 8> buf{};
+        auto r = co_await pr->second.receive(buf);
+        REQUIRE(r);
+        CHECK(r->bytes == 0);
+        CHECK(r->full_size == 0);
+    };
+    ctx.sync_wait(run());
+}
+
+TEST_CASE("datagram_socket: connect sets the default destination, and sending to nobody fails with ECONNREFUSED or ENOENT",
+          "[datagram_socket]") {
+    io_context ctx;
+    auto server_ep = unique_abstract("connected");
+    auto server = datagram_socket::bind(ctx, server_ep);
+    REQUIRE(server);
+    auto client = datagram_socket::open(ctx);
+    REQUIRE(client);
+    REQUIRE(client->connect(server_ep));
+    temp_dir dir;
+    auto run = [&]() -> task<void> {
+        auto s = co_await client->send(std::string_view("hi"));
+        REQUIRE(s);
+        std::array<char, 8> buf{};
+        auto r = co_await server->receive(buf);
+        REQUIRE(r);
+        CHECK(std::string_view(buf.data(), r->bytes) == "hi");
+        auto nobody = co_await client->send_to(std::string_view("x"), unique_abstract("nobody"));
+        REQUIRE_FALSE(nobody);
+        CHECK(nobody.error() == std::errc::connection_refused);
+        auto missing = co_await client->send_to(std::string_view("x"), endpoint::path(dir.file("none")).value());
+        REQUIRE_FALSE(missing);
+        CHECK(missing.error() == std::errc::no_such_file_or_directory);
+    };
+    ctx.sync_wait(run());
+    auto bad = client->connect(unique_abstract("nobody"));
+    REQUIRE_FALSE(bad);
+    CHECK(bad.error() == std::errc::connection_refused);
+}
+
+TEST_CASE("datagram_socket: a receive on an idle socket ends with timed_out, and close() cancels a waiting receive",
+          "[datagram_socket]") {
+    io_context ctx;
+    auto s = datagram_socket::bind(ctx, endpoint::autobind());
+    REQUIRE(s);
+    auto local = s->local_endpoint();
+    REQUIRE(local);
+    CHECK(local->is_abstract());  // autobind picked a name
+    auto run = [&]() -> task<void> {
+        std::array<char, 8> buf{};
+        auto r = co_await s->receive_from(buf, 20ms);
+        REQUIRE_FALSE(r);
+        CHECK(r.error() == std::errc::timed_out);
+        auto closer = [&]() -> task<void> {
+            co_await ctx.yield();
+            s->close();
+        };
+        ctx.spawn(closer());
+        auto r2 = co_await s->receive(buf);
+        REQUIRE_FALSE(r2);
+        CHECK(r2.error() == std::errc::operation_canceled);
+    };
+    ctx.sync_wait(run());
+}
+
+TEST_CASE("datagram_socket: bind applies the mode from the start, replaces a stale file, refuses a live one, and close removes only its own file",
+          "[datagram_socket]") {
+    io_context ctx;
+    temp_dir dir;
+    const std::string path = dir.file("server.sock");
+    auto ep = endpoint::path(path).value();
+    {
+        int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        REQUIRE(::bind(fd, ep.data(), ep.size()) == 0);
+        ::close(fd);  // stale
+    }
+    ringsock::datagram_options opts;
+    opts.mode = 0660;
+    auto s = datagram_socket::bind(ctx, ep, opts);
+    REQUIRE(s);
+    struct stat st {};
+    REQUIRE(::lstat(path.c_str(), &st) == 0);
+    CHECK(S_ISSOCK(st.st_mode));
+    CHECK((st.st_mode & 07777) == 0660);
+
+    auto live = datagram_socket::bind(ctx, ep);
+    REQUIRE_FALSE(live);
+    CHECK(live.error() == std::errc::address_in_use);
+
+    // Someone replaces our file with theirs: our close must not remove it.
+    REQUIRE(::unlink(path.c_str()) == 0);
+    auto successor = datagram_socket::bind(ctx, ep);
+    REQUIRE(successor);
+    s->close();
+    CHECK(::lstat(path.c_str(), &st) == 0);
+    successor->close();
+    CHECK(::lstat(path.c_str(), &st) == -1);
+}
+
+TEST_CASE("datagram_socket: bind on a path that is not a socket is path_not_a_socket and leaves the file alone", "[datagram_socket]") {
+    io_context ctx;
+    temp_dir dir;
+    const std::string path = dir.file("server.sock");
+    { std::ofstream(path) << "keep"; }
+    auto s = datagram_socket::bind(ctx, endpoint::path(path).value());
+    REQUIRE_FALSE(s);
+    CHECK(s.error() == ringsock::errc::path_not_a_socket);
+    std::ifstream in(path);
+    std::string content;
+    in >> content;
+    CHECK(content == "keep");
+}
+
+TEST_CASE("datagram_socket: a full receiver makes send wait, and a time limit ends the wait with timed_out", "[datagram_socket]") {
+    io_context ctx;
+    auto pr = datagram_socket::pair(ctx);
+    REQUIRE(pr);
+    auto run = [&]() -> task<void> {
+        std::array<char, 64> payload{};
+        for (int i = 0; i < 10000; ++i) {
+            auto s = co_await pr->first.send(payload, 50ms);
+            if (!s) {
+                CHECK(s.error() == std::errc::timed_out);
+                co_return;
+            }
+        }
+        FAIL("10000 datagrams never filled the receiver");
+    };
+    ctx.sync_wait(run());
+}

@@ -1,0 +1,437 @@
+// examples/http_server as a real process: driven by curl --unix-socket and by raw
+// sockets sending the bad inputs a client library would never produce. The server
+// reports readiness through NOTIFY_SOCKET, which this test owns.
+#include <catch2/catch.hpp>
+
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <ringsock/endpoint.hpp>
+#include <ringsock/unique_fd.hpp>
+
+#include "support/process.hpp"
+
+using namespace std::chrono_literals;
+using ringsock::unique_fd;
+namespace rt = ringsock::test;
+
+namespace {
+
+// Without the example there is nothing to test: skip the whole program (exit 77).
+const std::string server_binary = [] {
+    std::string p = rt::example_path("http_server");
+    if (p.empty()) {
+        std::fprintf(stderr, "examples/http_server not built (RINGSOCK_BUILD_ROOT unset?): skipped\n");
+        std::_Exit(77);
+    }
+    return p;
+}();
+
+std::string curl() {
+    std::string c = rt::find_program("curl");
+    if (c.empty()) FAIL("curl is not installed (Debian package curl)");
+    return c;
+}
+
+void set_timeouts(int fd, int seconds) {
+    timeval tv{seconds, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+// An http_server process on a fresh socket path, stopped with SIGKILL if the test
+// did not stop it. Ready once it has sent READY=1 to our NOTIFY_SOCKET.
+struct server {
+    rt::temp_dir dir;
+    std::string path = dir.file("api.sock");
+    rt::child_guard child;
+
+    explicit server(std::vector<std::string> args = {}) {
+        std::string notify_path = dir.file("notify");
+        auto nep = ringsock::endpoint::path(notify_path).value();
+        unique_fd notify(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+        REQUIRE(::bind(notify.get(), nep.data(), nep.size()) == 0);
+        set_timeouts(notify.get(), 20);
+        std::vector<std::string> argv{server_binary, path};
+        argv.insert(argv.end(), args.begin(), args.end());
+        child.pid = rt::spawn(argv, {"NOTIFY_SOCKET=" + notify_path}, {"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"});
+        std::array<char, 64> buf{};
+        ssize_t n = ::recv(notify.get(), buf.data(), buf.size(), 0);
+        REQUIRE(n > 0);
+        REQUIRE(std::string(buf.data(), static_cast<std::size_t>(n)) == "READY=1");
+    }
+    std::string url(const char* p) const { return std::string("http://localhost") + p; }
+};
+
+struct http_response {
+    int status = -1;  // -1: the connection closed (or timed out) before a response
+    std::map<std::string, std::string> headers;  // names lower-cased
+    std::string body;
+};
+
+// A blocking client on the test thread, with 20 s socket timeouts so no test can hang.
+class client {
+public:
+    explicit client(const std::string& path) : fd_(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
+        auto ep = ringsock::endpoint::path(path).value();
+        REQUIRE(::connect(fd_.get(), ep.data(), ep.size()) == 0);
+        set_timeouts(fd_.get(), 20);
+    }
+    bool send(std::string_view s) {
+        while (!s.empty()) {
+            ssize_t n = ::send(fd_.get(), s.data(), s.size(), MSG_NOSIGNAL);
+            if (n <= 0) return false;
+            s.remove_prefix(static_cast<std::size_t>(n));
+        }
+        return true;
+    }
+    // One response: status line, headers, Content-Length bytes of body.
+    http_response read_response(bool head_request = false) {
+        http_response r;
+        std::size_t end;
+        while ((end = buf_.find("\r\n\r\n")) == std::string::npos) {
+            if (!fill()) return r;
+        }
+        std::string head = buf_.substr(0, end);
+        buf_.erase(0, end + 4);
+        if (head.compare(0, 9, "HTTP/1.1 ") != 0 || head.size() < 12) return r;
+        r.status = std::stoi(head.substr(9, 3));
+        std::size_t pos = head.find("\r\n");
+        while (pos != std::string::npos) {
+            std::size_t next = head.find("\r\n", pos + 2);
+            std::string line = head.substr(pos + 2, next == std::string::npos ? std::string::npos : next - pos - 2);
+            auto colon = line.find(':');
+            std::string name = line.substr(0, colon);
+            for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+            std::string value = colon == std::string::npos ? "" : line.substr(colon + 1);
+            while (!value.empty() && value.front() == ' ') value.erase(0, 1);
+            r.headers[name] = value;
+            pos = next;
+        }
+        std::size_t len = r.headers.count("content-length") && !head_request
+                              ? std::stoul(r.headers["content-length"]) : 0;
+        while (buf_.size() < len) {
+            if (!fill()) {
+                r.status = -1;
+                return r;
+            }
+        }
+        r.body = buf_.substr(0, len);
+        buf_.erase(0, len);
+        return r;
+    }
+    // True when the server closed the connection (EOF or reset) with nothing more sent.
+    bool closed_by_server() {
+        if (!buf_.empty()) return false;
+        char c;
+        ssize_t n = ::recv(fd_.get(), &c, 1, 0);
+        return n == 0 || (n < 0 && errno == ECONNRESET);
+    }
+    int fd() const { return fd_.get(); }
+
+private:
+    bool fill() {
+        std::array<char, 16384> tmp;
+        ssize_t n = ::recv(fd_.get(), tmp.data(), tmp.size(), 0);
+        if (n <= 0) return false;
+        buf_.append(tmp.data(), static_cast<std::size_t>(n));
+        return true;
+    }
+    unique_fd fd_;
+    std::string buf_;
+};
+
+std::string get(const char* target, const std::string& extra = "") {
+    return std::string("GET ") + target + " HTTP/1.1\r\nHost: localhost\r\n" + extra + "\r\n";
+}
+
+std::string info_json(pid_t pid) {
+    return "{\"pid\":" + std::to_string(pid) + ",\"uid\":" + std::to_string(::getuid()) +
+           ",\"gid\":" + std::to_string(::getgid()) + "}\n";
+}
+
+// Sends `request` on a new connection and returns the one response; the server must
+// then close the connection.
+int status_then_close(const server& srv, const std::string& request) {
+    client c(srv.path);
+    REQUIRE(c.send(request));
+    auto r = c.read_response();
+    CHECK(r.headers["connection"] == "close");
+    CHECK(c.closed_by_server());
+    return r.status;
+}
+
+}  // namespace
+
+TEST_CASE("http_server: GET /info through curl reports curl's pid, uid and gid", "[http_server]") {
+    server srv;
+    auto out = rt::run_capture({curl(), "-sS", "--unix-socket", srv.path, srv.url("/info")});
+    REQUIRE(out.status == 0);
+    CHECK(out.out == info_json(out.pid));
+}
+
+TEST_CASE("http_server: /info on a raw connection reports this test process", "[http_server]") {
+    server srv;
+    client c(srv.path);
+    REQUIRE(c.send(get("/info")));
+    auto r = c.read_response();
+    CHECK(r.status == 200);
+    CHECK(r.headers["content-type"] == "application/json");
+    CHECK(r.body == info_json(::getpid()));
+    CHECK(r.headers.count("date") == 1);
+}
+
+TEST_CASE("http_server: unknown paths are 404 and wrong methods 405, on a connection that stays open", "[http_server]") {
+    server srv;
+    auto out = rt::run_capture({curl(), "-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket", srv.path,
+                                srv.url("/no/such/thing")});
+    CHECK(out.out == "404");
+
+    client c(srv.path);
+    REQUIRE(c.send("DELETE /info HTTP/1.1\r\nHost: x\r\n\r\n"));
+    auto r = c.read_response();
+    CHECK(r.status == 405);
+    CHECK(r.headers["allow"] == "GET, HEAD");
+    REQUIRE(c.send(get("/nope")));
+    CHECK(c.read_response().status == 404);
+    REQUIRE(c.send(get("/info")));
+    CHECK(c.read_response().status == 200);
+}
+
+TEST_CASE("http_server: curl reuses one keep-alive connection for several requests", "[http_server]") {
+    server srv;
+    auto out = rt::run_capture({curl(), "-s", "-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null",
+                                "-w", "%{http_code} %{num_connects}\\n", "--unix-socket", srv.path,
+                                srv.url("/info"), srv.url("/missing"), srv.url("/info")});
+    REQUIRE(out.status == 0);
+    CHECK(out.out == "200 1\n404 0\n200 0\n");
+}
+
+TEST_CASE("http_server: pipelined requests with bodies are answered in order on one connection", "[http_server]") {
+    server srv;
+    client c(srv.path);
+    REQUIRE(c.send("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello" + get("/info") +
+                   "POST /echo HTTP/1.1\r\nHost: x\r\ncontent-length:3\r\n\r\nabc" + "HEAD /info HTTP/1.1\r\nHost: x\r\n\r\n" +
+                   get("/info")));
+    auto a = c.read_response();
+    CHECK(a.status == 200);
+    CHECK(a.body == "hello");
+    auto b = c.read_response();
+    CHECK(b.body == info_json(::getpid()));
+    auto d = c.read_response();
+    CHECK(d.body == "abc");
+    auto head = c.read_response(true);  // HEAD: Content-Length but no body bytes
+    CHECK(head.status == 200);
+    CHECK(head.headers["content-length"] == std::to_string(info_json(::getpid()).size()));
+    auto e = c.read_response();
+    CHECK(e.status == 200);
+    CHECK(e.body == info_json(::getpid()));
+}
+
+TEST_CASE("http_server: 2000 requests in a row over one keep-alive connection", "[http_server]") {
+    server srv;
+    client c(srv.path);
+    const std::string expected = info_json(::getpid());
+    int ok = 0;
+    for (int i = 0; i < 2000; ++i) {
+        if (!c.send(get("/info"))) break;
+        auto r = c.read_response();
+        if (r.status != 200 || r.body != expected) break;
+        ++ok;
+    }
+    CHECK(ok == 2000);
+}
+
+TEST_CASE("http_server: HTTP/1.0 closes by default and keeps alive on request", "[http_server]") {
+    server srv;
+    CHECK(status_then_close(srv, "GET /info HTTP/1.0\r\n\r\n") == 200);
+    client c(srv.path);
+    REQUIRE(c.send("GET /info HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
+    auto r = c.read_response();
+    CHECK(r.status == 200);
+    CHECK(r.headers["connection"] == "keep-alive");
+    REQUIRE(c.send(get("/info", "Connection: close\r\n")));
+    CHECK(c.read_response().status == 200);
+    CHECK(c.closed_by_server());
+}
+
+TEST_CASE("http_server: malformed requests get 400 and their connection closed", "[http_server]") {
+    server srv;
+    for (const char* bad : {
+             "GARBAGE\r\n\r\n",
+             "GET /info HTTP/1.1\r\n\r\n",                         // no Host
+             "GET /info HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",   // two Hosts
+             "GET  /info HTTP/1.1\r\nHost: x\r\n\r\n",             // double space
+             "GET info HTTP/1.1\r\nHost: x\r\n\r\n",               // not a path
+             "GET /info HTTP/1.1\r\nHost x\r\n\r\n",               // no colon
+             "GET /info HTTP/1.1\r\nHost : x\r\n\r\n",             // space before the colon
+             "GET /info HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",   // obs-fold
+             "GET /info HTTP/1.1\r\nHost: x\r\nX: a\x01b\r\n\r\n", // control character
+             "GET /info http/1.1\r\nHost: x\r\n\r\n",
+             "GET /info HTTP/1.10\r\nHost: x\r\n\r\n",
+             "G(T /info HTTP/1.1\r\nHost: x\r\n\r\n",
+         }) {
+        INFO(bad);
+        CHECK(status_then_close(srv, bad) == 400);
+    }
+    // The server is still fine.
+    client c(srv.path);
+    REQUIRE(c.send(get("/info")));
+    CHECK(c.read_response().status == 200);
+}
+
+TEST_CASE("http_server: negative, non-numeric and huge Content-Length are 400; too large is 413", "[http_server]") {
+    server srv;
+    for (const char* len : {"-1", "abc", "+5", "5 5", "5,5", "0x10", "", "99999999999999999999"}) {
+        INFO("Content-Length: " << len);
+        CHECK(status_then_close(srv, std::string("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: ") + len +
+                                         "\r\n\r\n") == 400);
+    }
+    CHECK(status_then_close(srv, "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx") == 400);
+    CHECK(status_then_close(srv, "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n") == 413);
+
+    // A real client sending a body over the limit (1 MiB by default).
+    std::string big = srv.dir.file("big");
+    {
+        std::FILE* f = std::fopen(big.c_str(), "wb");
+        REQUIRE(f);
+        std::string mib(1024 * 1024, 'x');
+        std::fwrite(mib.data(), 1, mib.size(), f);
+        std::fwrite(mib.data(), 1, mib.size(), f);
+        std::fclose(f);
+    }
+    auto out = rt::run_capture({curl(), "-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket", srv.path,
+                                "--data-binary", "@" + big, srv.url("/echo")});
+    CHECK(out.out == "413");
+}
+
+TEST_CASE("http_server: an over-long request line is 414 and over-long headers 431", "[http_server]") {
+    server srv;
+    std::string long_target = "/" + std::string(10000, 'a');
+    CHECK(status_then_close(srv, get(long_target.c_str())) == 414);
+    CHECK(status_then_close(srv, get("/info", "X-Big: " + std::string(20000, 'b') + "\r\n")) == 431);
+    std::string many;
+    for (int i = 0; i < 150; ++i) many += "X-" + std::to_string(i) + ": y\r\n";
+    CHECK(status_then_close(srv, get("/info", many)) == 431);
+}
+
+TEST_CASE("http_server: Transfer-Encoding is 501, HTTP/2.0 is 505, an unknown expectation 417", "[http_server]") {
+    server srv;
+    CHECK(status_then_close(srv, "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n") == 501);
+    CHECK(status_then_close(srv, "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\nx") == 400);
+    CHECK(status_then_close(srv, "GET /info HTTP/2.0\r\nHost: x\r\n\r\n") == 505);
+    CHECK(status_then_close(srv, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") == 505);
+    CHECK(status_then_close(srv, get("/info", "Expect: teapot\r\n")) == 417);
+
+    auto out = rt::run_capture({curl(), "-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket", srv.path,
+                                "-H", "Transfer-Encoding: chunked", "-d", "x", srv.url("/echo")});
+    CHECK(out.out == "501");
+}
+
+TEST_CASE("http_server: Expect: 100-continue gets an interim response before the body", "[http_server]") {
+    server srv;
+    client c(srv.path);
+    REQUIRE(c.send("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"));
+    CHECK(c.read_response().status == 100);
+    REQUIRE(c.send("ping"));
+    auto r = c.read_response();
+    CHECK(r.status == 200);
+    CHECK(r.body == "ping");
+}
+
+TEST_CASE("http_server: a half-sent request does not block another client and times out with 408", "[http_server]") {
+    server srv({"--idle-timeout", "1"});
+    client slow(srv.path);
+    REQUIRE(slow.send("GET /info HTTP/1.1\r\nHo"));
+    auto start = std::chrono::steady_clock::now();
+
+    client quick(srv.path);
+    REQUIRE(quick.send(get("/info")));
+    CHECK(quick.read_response().status == 200);
+    auto out = rt::run_capture({curl(), "-sS", "--unix-socket", srv.path, srv.url("/info")});
+    CHECK(out.out == info_json(out.pid));
+
+    auto r = slow.read_response();
+    CHECK(r.status == 408);
+    CHECK(slow.closed_by_server());
+    CHECK(std::chrono::steady_clock::now() - start < 10s);
+
+    client half_body(srv.path);
+    REQUIRE(half_body.send("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc"));
+    CHECK(half_body.read_response().status == 408);
+}
+
+TEST_CASE("http_server: an idle connection is closed after the idle timeout", "[http_server]") {
+    server srv({"--idle-timeout", "1"});
+    client idle(srv.path);
+    auto start = std::chrono::steady_clock::now();
+    CHECK(idle.closed_by_server());
+    CHECK(std::chrono::steady_clock::now() - start < 10s);
+
+    client kept(srv.path);  // also between requests of a keep-alive connection
+    REQUIRE(kept.send(get("/info")));
+    CHECK(kept.read_response().status == 200);
+    CHECK(kept.closed_by_server());
+}
+
+TEST_CASE("http_server: a bad request on one connection does not disturb another", "[http_server]") {
+    server srv;
+    client good(srv.path);
+    REQUIRE(good.send(get("/info")));
+    CHECK(good.read_response().status == 200);
+    CHECK(status_then_close(srv, "\x16\x03\x01\x02 binary junk\r\n\r\n") == 400);
+    REQUIRE(good.send(get("/info")));
+    CHECK(good.read_response().status == 200);
+}
+
+TEST_CASE("http_server: SIGTERM exits 0 and removes the socket file, even with idle clients", "[http_server]") {
+    server srv;
+    client idle(srv.path);
+    client used(srv.path);
+    REQUIRE(used.send(get("/info")));
+    CHECK(used.read_response().status == 200);
+    REQUIRE(::kill(srv.child.pid, SIGTERM) == 0);
+    auto st = srv.child.wait(15s);
+    REQUIRE(st);
+    CHECK(WIFEXITED(*st));
+    CHECK(WEXITSTATUS(*st) == 0);
+    struct stat sb {};
+    CHECK(::lstat(srv.path.c_str(), &sb) != 0);
+    CHECK(idle.closed_by_server());
+}
+
+TEST_CASE("http_server: serves curl through systemd-socket-activate and keeps the manager's socket file", "[http_server]") {
+    std::string activate = rt::find_program("systemd-socket-activate");
+    if (activate.empty()) {
+        WARN("systemd-socket-activate missing (Debian package systemd): not run");
+        return;
+    }
+    rt::temp_dir dir;
+    std::string path = dir.file("activated.sock");
+    rt::child_guard child{rt::spawn({activate, "-l", path, "--fdname=api", server_binary})};
+    REQUIRE(rt::wait_for_path(path, 10s));
+    auto out = rt::run_capture({curl(), "-sS", "--unix-socket", path, "http://localhost/info"});
+    CHECK(out.out == info_json(out.pid));
+    auto again = rt::run_capture({curl(), "-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket", path,
+                                  "http://localhost/nope"});
+    CHECK(again.out == "404");
+
+    REQUIRE(::kill(child.pid, SIGTERM) == 0);
+    auto st = child.wait(15s);
+    REQUIRE(st);
+    CHECK(WIFEXITED(*st));
+    CHECK(WEXITSTATUS(*st) == 0);
+    struct stat sb {};
+    CHECK(::lstat(path.c_str(), &sb) == 0);
+}
