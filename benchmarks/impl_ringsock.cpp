@@ -308,7 +308,8 @@ class one_way final : public session {
       if constexpr (is_stream) {
         n = check(co_await b.read_some(in));
       } else {
-        n = check(co_await b.receive(in)).bytes;
+        auto r = co_await b.receive(in);
+        n = r.value().bytes;  // no copy of the received_message
       }
       if (n == 0) co_return;  // stop_and_join's shutdown
       prog.add(n);

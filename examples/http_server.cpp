@@ -385,7 +385,7 @@ task<void> accept_loop(ringsock::io_context& ctx, ringsock::acceptor& acc, serve
         } else if (conn.error() == std::errc::too_many_files_open ||
                    conn.error() == std::errc::too_many_files_open_in_system) {
             std::fprintf(stderr, "http_server: accept: %s; backing off\n", conn.error().message().c_str());
-            co_await ringsock::sleep_for(ctx, 100ms);
+            (void)co_await ringsock::sleep_for(ctx, 100ms);
         } else {
             std::fprintf(stderr, "http_server: accept: %s\n", conn.error().message().c_str());
             co_return;
@@ -401,7 +401,7 @@ task<int> serve(ringsock::io_context& ctx, ringsock::acceptor& acc, ringsock::si
     if (sig) std::fprintf(stderr, "http_server: %s: shutting down\n", ::strsignal(*sig));
     st.stop.request_stop();  // ends accept_loop and every read in progress
     acc.close();             // removes the socket file, unless it was activated
-    while (st.connections > 0) co_await ringsock::sleep_for(ctx, 5ms);
+    while (st.connections > 0) (void)co_await ringsock::sleep_for(ctx, 5ms);
     co_return 0;
 }
 

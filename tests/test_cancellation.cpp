@@ -258,7 +258,7 @@ TEST_CASE("cancellation: write_all stopped part-way reports the bytes sent and b
         scope sc(ctx);
         sc.spawn([&](std::stop_token st) -> task<void> { res = co_await a.write_all(data, st); });
         for (int k = 0; k < 4; ++k) co_await ctx.yield();
-        co_await ringsock::sleep_for(ctx, 2ms);  // the send is blocked on a full buffer
+        (void)co_await ringsock::sleep_for(ctx, 2ms);  // the send is blocked on a full buffer
         sc.request_stop();
         co_await sc.join();
     }(ctx, a, data, res));
@@ -314,7 +314,7 @@ TEST_CASE("cancellation: accept, sleep_for and a connect to a full backlog end o
             sc.spawn([&](std::stop_token st) -> task<void> { a1 = (co_await acc.accept(st)).error(); });
             sc.spawn([&](std::stop_token st) -> task<void> { a2 = (co_await acc.accept({st, 1h})).error(); });
             sc.spawn([&](std::stop_token st) -> task<void> { s = (co_await ringsock::sleep_for(ctx, 1h, st)).error(); });
-            co_await ringsock::sleep_for(ctx, 2ms);
+            (void)co_await ringsock::sleep_for(ctx, 2ms);
             sc.request_stop();
             co_await sc.join();
         }
@@ -332,7 +332,7 @@ TEST_CASE("cancellation: accept, sleep_for and a connect to a full backlog end o
     ctx.sync_wait([](io_context& ctx, const ringsock::endpoint& ep, std::error_code& c) -> task<void> {
         scope sc(ctx);
         sc.spawn([&](std::stop_token st) -> task<void> { c = (co_await stream_socket::connect(ctx, ep, st)).error(); });
-        co_await ringsock::sleep_for(ctx, 5ms);
+        (void)co_await ringsock::sleep_for(ctx, 5ms);
         sc.request_stop();
         co_await sc.join();
     }(ctx, ep2, connect_ec));

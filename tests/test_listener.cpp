@@ -579,12 +579,10 @@ TEST_CASE("acceptor: late accepts through the shared multishot queue get every q
     CHECK(seen.size() == n);
 }
 
-// KNOWN BUG (reported): accept() with a time limit is a separate single-shot ACCEPT that
-// never looks at the connections the multishot request (armed by any earlier accept()
-// without a time limit) has already taken, so it times out while they wait in the
-// acceptor's queue. Drop [!mayfail] once fixed.
+// accept() with a time limit is a separate single-shot ACCEPT: it must still see the
+// connections the shared multishot request (armed by an earlier accept()) queued.
 TEST_CASE("acceptor: accept with a time limit also takes connections queued by an earlier accept",
-          "[acceptor][!mayfail]") {
+          "[acceptor]") {
     io_context ctx;
     auto ep = endpoint::abstract("ringsock-test-mixed-" + std::to_string(::getpid()));
     REQUIRE(ep);

@@ -164,7 +164,7 @@ TEST_CASE("scope: spawn with a callable keeps its captures alive until the child
         for (int i = 0; i < 3; ++i) {
             std::string label = "child" + std::to_string(i);  // dies at the end of this iteration
             sc.spawn([label, &c, &seen](std::stop_token) -> task<void> {
-                co_await ringsock::sleep_for(c, 1ms);
+                (void)co_await ringsock::sleep_for(c, 1ms);
                 seen += label + ";";
             });
         }
@@ -190,8 +190,8 @@ TEST_CASE("scope: a stop request from another thread cancels the children while 
             sc.request_stop();
         });
         co_await sc.join();  // the loop blocks in io_uring_enter until the thread's request
+        stopper->join();     // request_stop() must have returned before the scope dies
     }(ctx, a, b, canceled, got, stopper));
-    stopper->join();
     REQUIRE(canceled == 2);
     REQUIRE(got == 0);
 }

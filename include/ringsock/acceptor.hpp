@@ -93,8 +93,9 @@ public:
                 hand(w, res);
             } else {
                 queue_.push_back(res);
-                // Nobody is accepting fast enough: stop, and let the kernel backlog fill.
-                if (queue_.size() >= queue_cap && (flags & IORING_CQE_F_MORE)) ctx_->request_cancel(this);
+                // Nobody waits: stop the multishot request, so connections stay in the
+                // kernel backlog where a timed (single-shot) accept can also take them.
+                if (flags & IORING_CQE_F_MORE) ctx_->request_cancel(this);
             }
         } else if (res != -ECANCELED || !closing_) {
             last_error_ = res;
@@ -189,10 +190,21 @@ inline void accept_engine::hand(operation* w, int res) noexcept {
     ctx_->make_ready_op(w);
 }
 
-/// accept() with a time limit: a single-shot ACCEPT linked to a timeout.
+/// accept() with a time limit: a single-shot ACCEPT linked to a timeout. It first takes
+/// a connection the shared multishot request already queued, and looks there again if
+/// its own request ends without one (the multishot may have won the race).
 class accept_once final : public operation {
 public:
-    accept_once(io_context& ctx, int fd, const op_limits& lim) noexcept : operation(ctx, lim), fd_(fd) {}
+    accept_once(io_context& ctx, int fd, accept_engine* engine, const op_limits& lim) noexcept
+        : operation(ctx, lim), fd_(fd), engine_(engine) {}
+    bool await_ready() noexcept {
+        if (operation::await_ready()) return true;
+        int fd = engine_ ? engine_->take() : -1;
+        if (fd < 0) return false;
+        res_ = fd;
+        state_ = op_state::done;
+        return true;
+    }
     ~accept_once() override {
         settle();
         if (unconsumed_ && res_ >= 0) ::close(res_);  // accepted but never resumed
@@ -207,12 +219,16 @@ public:
     io_result<stream_socket> await_resume() noexcept {
         finish_wait();
         unconsumed_ = false;
+        if (res_ < 0 && engine_ && !cancel_requested_) {
+            if (int fd = engine_->take(); fd >= 0) res_ = fd;
+        }
         if (res_ < 0) return {result_error(), "accept"};
         return stream_socket(*ctx_, unique_fd(res_));
     }
 
 private:
     int fd_;
+    accept_engine* engine_;
     bool unconsumed_ = false;
 };
 
@@ -221,7 +237,7 @@ class accept_op {
 public:
     accept_op(io_context& ctx, int fd, accept_engine* engine, const op_limits& lim) {
         // After close() there is no engine: the single-shot path on fd -1 gives EBADF.
-        if (lim.timeout || !engine) once_.emplace(ctx, fd, lim);
+        if (lim.timeout || !engine) once_.emplace(ctx, fd, engine, lim);
         else wait_.emplace(ctx, engine, lim);
     }
     bool await_ready() noexcept { return wait_ ? wait_->await_ready() : once_->await_ready(); }

@@ -66,7 +66,8 @@ struct scope_child_promise : resumable {
 /// child that wants its siblings stopped calls request_stop() itself).
 ///
 /// Thread affinity: spawn(), join() and destruction on the io_context's thread;
-/// request_stop() from any thread.
+/// request_stop() from any thread, provided the call has returned before the scope is
+/// destroyed (join the requesting thread first).
 ///
 /// Destruction: join() first. Destroying a scope whose children are still alive is safe
 /// but abrupt: it requests stop, then destroys the children's frames, newest first. Each

@@ -4,6 +4,7 @@
 
 #include <coroutine>
 #include <exception>
+#include <stdexcept>
 #include <type_traits>
 #include <utility>
 #include <variant>
@@ -96,7 +97,10 @@ public:
             h.promise().continuation_ = awaiting;
             return h;
         }
-        T await_resume() { return h.promise().take(); }
+        T await_resume() {
+            if (!h) throw std::logic_error("ringsock: co_await on an empty (moved-from or default) task");
+            return h.promise().take();
+        }
     };
 
     awaiter operator co_await() && noexcept { return awaiter{h_}; }
