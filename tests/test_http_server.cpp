@@ -3,6 +3,7 @@
 // reports readiness through NOTIFY_SOCKET, which this test owns.
 #include <catch2/catch.hpp>
 
+#include <errno.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -67,7 +68,9 @@ struct server {
         argv.insert(argv.end(), args.begin(), args.end());
         child.pid = rt::spawn(argv, {"NOTIFY_SOCKET=" + notify_path}, {"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"});
         std::array<char, 64> buf{};
-        ssize_t n = ::recv(notify.get(), buf.data(), buf.size(), 0);
+        ssize_t n;
+        do n = ::recv(notify.get(), buf.data(), buf.size(), 0);
+        while (n < 0 && errno == EINTR);
         REQUIRE(n > 0);
         REQUIRE(std::string(buf.data(), static_cast<std::size_t>(n)) == "READY=1");
     }
@@ -91,6 +94,7 @@ public:
     bool send(std::string_view s) {
         while (!s.empty()) {
             ssize_t n = ::send(fd_.get(), s.data(), s.size(), MSG_NOSIGNAL);
+            if (n < 0 && errno == EINTR) continue;
             if (n <= 0) return false;
             s.remove_prefix(static_cast<std::size_t>(n));
         }
@@ -135,7 +139,9 @@ public:
     bool closed_by_server() {
         if (!buf_.empty()) return false;
         char c;
-        ssize_t n = ::recv(fd_.get(), &c, 1, 0);
+        ssize_t n;
+        do n = ::recv(fd_.get(), &c, 1, 0);
+        while (n < 0 && errno == EINTR);
         return n == 0 || (n < 0 && errno == ECONNRESET);
     }
     int fd() const { return fd_.get(); }
@@ -143,7 +149,11 @@ public:
 private:
     bool fill() {
         std::array<char, 16384> tmp;
-        ssize_t n = ::recv(fd_.get(), tmp.data(), tmp.size(), 0);
+        ssize_t n;
+        // EINTR: sockets with SO_RCVTIMEO report it after a stop/continue (a frozen
+        // sandbox), even without signal handlers.
+        do n = ::recv(fd_.get(), tmp.data(), tmp.size(), 0);
+        while (n < 0 && errno == EINTR);
         if (n <= 0) return false;
         buf_.append(tmp.data(), static_cast<std::size_t>(n));
         return true;
@@ -420,7 +430,7 @@ TEST_CASE("http_server: serves curl through systemd-socket-activate and keeps th
     rt::temp_dir dir;
     std::string path = dir.file("activated.sock");
     rt::child_guard child{rt::spawn({activate, "-l", path, "--fdname=api", server_binary})};
-    REQUIRE(rt::wait_for_path(path, 10s));
+    REQUIRE(rt::wait_for_listener(path, 10s));
     auto out = rt::run_capture({curl(), "-sS", "--unix-socket", path, "http://localhost/info"});
     CHECK(out.out == info_json(out.pid));
     auto again = rt::run_capture({curl(), "-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket", path,

@@ -12,6 +12,7 @@
 #include <array>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <vector>
@@ -359,7 +360,9 @@ std::string receive_notification(int fd) {
     timeval tv{5, 0};
     ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     std::array<char, 512> buf{};
-    ssize_t n = ::recv(fd, buf.data(), buf.size(), 0);
+    ssize_t n;
+    do n = ::recv(fd, buf.data(), buf.size(), 0);
+    while (n < 0 && errno == EINTR);
     return n > 0 ? std::string(buf.data(), static_cast<std::size_t>(n)) : std::string();
 }
 
@@ -445,27 +448,31 @@ TEST_CASE("socket_activation: echo_server serves a socket from systemd-socket-ac
     ringsock::test::temp_dir dir;
     std::string path = dir.file("echo.sock");
     ringsock::test::child_guard child{ringsock::test::spawn({activate, "-l", path, server})};
-    REQUIRE(ringsock::test::wait_for_path(path, 10s));
-
-    unique_fd c(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    auto ep = ringsock::endpoint::path(path).value();
-    REQUIRE(::connect(c.get(), ep.data(), ep.size()) == 0);
+    unique_fd c(ringsock::test::connect_when_listening(path, 10s));
+    REQUIRE(c);
     timeval tv{10, 0};
     ::setsockopt(c.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    REQUIRE(::send(c.get(), "hello", 5, MSG_NOSIGNAL) == 5);
+    ssize_t sent;
+    do sent = ::send(c.get(), "hello", 5, MSG_NOSIGNAL);
+    while (sent < 0 && errno == EINTR);
+    REQUIRE(sent == 5);
     std::array<char, 5> buf{};
     std::size_t got = 0;
+    ssize_t n = 0;
     while (got < buf.size()) {
-        ssize_t n = ::recv(c.get(), buf.data() + got, buf.size() - got, 0);
+        n = ::recv(c.get(), buf.data() + got, buf.size() - got, 0);
+        if (n < 0 && errno == EINTR) continue;  // a freeze/SIGCONT with SO_RCVTIMEO set
         if (n <= 0) break;
         got += static_cast<std::size_t>(n);
     }
+    INFO("last recv " << n << (n < 0 ? std::string(" ") + std::strerror(errno) : std::string()));
     CHECK(std::string(buf.data(), got) == "hello");
     c.reset();
 
     ::kill(child.pid, SIGTERM);
     auto st = child.wait(15s);
     REQUIRE(st);
+    INFO("wait status " << *st << (WIFSIGNALED(*st) ? " (killed by signal " + std::to_string(WTERMSIG(*st)) + ")" : ""));
     CHECK(WIFEXITED(*st));
     CHECK(WEXITSTATUS(*st) == 0);
     struct stat sb {};

@@ -7,13 +7,17 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -96,7 +100,7 @@ inline std::optional<int> wait_exit(pid_t pid, std::chrono::milliseconds limit) 
         int status = 0;
         pid_t r = ::waitpid(pid, &status, WNOHANG);
         if (r == pid) return status;
-        if (r < 0) return std::nullopt;
+        if (r < 0 && errno != EINTR) return std::nullopt;
         if (std::chrono::steady_clock::now() > deadline) {
             ::kill(pid, SIGKILL);
             ::waitpid(pid, &status, 0);
@@ -149,8 +153,11 @@ inline captured run_capture(const std::vector<std::string>& argv,
         auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
         if (left.count() <= 0) break;
         pollfd pfd{p[0], POLLIN, 0};
-        if (::poll(&pfd, 1, static_cast<int>(left.count())) <= 0) break;
+        int r = ::poll(&pfd, 1, static_cast<int>(left.count()));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
         ssize_t n = ::read(p[0], buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
         if (n <= 0) break;
         c.out.append(buf, static_cast<std::size_t>(n));
     }
@@ -160,14 +167,32 @@ inline captured run_capture(const std::vector<std::string>& argv,
     return c;
 }
 
-/// Waits until `path` exists (a server created its socket), up to `limit`.
-inline bool wait_for_path(const std::string& path, std::chrono::milliseconds limit) {
+/// Connects a stream socket to `path`, retrying while nobody listens yet (the file
+/// appears at bind(), before listen()). Returns the descriptor (close-on-exec), or -1
+/// after `limit`.
+inline int connect_when_listening(const std::string& path, std::chrono::milliseconds limit) {
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    if (path.size() >= sizeof sa.sun_path) return -1;
+    std::memcpy(sa.sun_path, path.data(), path.size());
     auto deadline = std::chrono::steady_clock::now() + limit;
-    struct stat st {};
-    while (::lstat(path.c_str(), &st) != 0) {
-        if (std::chrono::steady_clock::now() > deadline) return false;
+    for (;;) {
+        int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) return -1;
+        if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0) return fd;
+        int err = errno;
+        ::close(fd);
+        bool retry = err == ECONNREFUSED || err == ENOENT || err == EINTR || err == EAGAIN;
+        if (!retry || std::chrono::steady_clock::now() > deadline) return -1;
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
+}
+
+/// Waits until a server listens on `path` (one probe connection is made and closed).
+inline bool wait_for_listener(const std::string& path, std::chrono::milliseconds limit) {
+    int fd = connect_when_listening(path, limit);
+    if (fd < 0) return false;
+    ::close(fd);
     return true;
 }
 

@@ -29,8 +29,13 @@ concept group_child_arg =
     is_task<A>::value || (std::is_invocable_v<A&, std::stop_token> &&
                           is_task<std::invoke_result_t<A&, std::stop_token>>::value);
 
+// SFINAE-friendly: no `type` for anything else (e.g. the leading std::stop_token, which
+// the overload without a parent token must reject without a hard error).
 template <class A>
-struct group_child_task {
+struct group_child_task {};
+template <class A>
+    requires std::is_invocable_v<A&, std::stop_token>
+struct group_child_task<A> {
     using type = std::invoke_result_t<A&, std::stop_token>;
 };
 template <class T>
