@@ -449,7 +449,7 @@ int main(int argc, char** argv) {
         ringsock::signal_set signals(ctx, {SIGTERM, SIGINT});
         ringsock::acceptor acc;
         if (!activated->empty()) {
-            auto& s = activated->front();  // the first one; further ones are closed
+            auto& s = activated->front();  // the first one; any others stay unused
             if (s.type != SOCK_STREAM) {
                 std::fprintf(stderr, "http_server: the activated socket is not a stream socket\n");
                 return 1;

@@ -97,6 +97,8 @@ public:
     }
 
     /// Receives at least one byte; 0 means the peer shut down its sending side.
+    /// A plain recv: descriptors sent with the bytes (SCM_RIGHTS) are discarded by the
+    /// kernel. To receive descriptors on a stream use fd_stream (fd_stream.hpp).
     template <writable_bytes B>
     [[nodiscard]] auto read_some(B&& buf, op_limits lim = {}) {
         auto s = as_writable_bytes(buf);
