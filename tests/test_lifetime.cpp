@@ -245,3 +245,18 @@ TEST_CASE("lifetime: a stop request from another thread racing the frame's destr
     raw_send(b, "s");
     REQUIRE(readable_bytes(a) == 1);
 }
+
+TEST_CASE("lifetime: destroying a frame queued to resume after yield() gives its work back", "[lifetime]") {
+    io_context ctx;
+    bool resumed = false;
+    task<void> t = [](io_context& ctx, bool& resumed) -> task<void> {
+        co_await ctx.yield();
+        resumed = true;
+    }(ctx, resumed);
+    start(t);
+    REQUIRE(ctx.outstanding_work() == 1);
+    t = task<void>{};  // queued in the ready list, never resumed
+    REQUIRE(ctx.outstanding_work() == 0);
+    REQUIRE(ctx.run() == 0);  // returns at once instead of waiting for work that is gone
+    REQUIRE_FALSE(resumed);
+}
