@@ -176,7 +176,7 @@ TEST_CASE("datagram_socket: connect sets the default destination, and sending to
     CHECK(bad.error() == std::errc::connection_refused);
 }
 
-TEST_CASE("datagram_socket: a receive on an idle socket ends with timed_out, and close() cancels a waiting receive",
+TEST_CASE("datagram_socket: receive_from and receive_bytes on an idle socket end with timed_out, and close() cancels a waiting receive",
           "[datagram_socket]") {
     io_context ctx;
     auto s = datagram_socket::bind(ctx, endpoint::autobind());
@@ -189,12 +189,15 @@ TEST_CASE("datagram_socket: a receive on an idle socket ends with timed_out, and
         auto r = co_await s->receive_from(buf, 20ms);
         REQUIRE_FALSE(r);
         CHECK(r.error() == std::errc::timed_out);
+        auto rb = co_await s->receive_bytes(buf, 20ms);
+        REQUIRE_FALSE(rb);
+        CHECK(rb.error() == std::errc::timed_out);
         auto closer = [&]() -> task<void> {
             co_await ctx.yield();
             s->close();
         };
         ctx.spawn(closer());
-        auto r2 = co_await s->receive(buf);
+        auto r2 = co_await s->receive_bytes(buf);  // receive()'s cancel: test_seqpacket_socket
         REQUIRE_FALSE(r2);
         CHECK(r2.error() == std::errc::operation_canceled);
     };
@@ -265,4 +268,58 @@ TEST_CASE("datagram_socket: a full receiver makes send wait, and a time limit en
         FAIL("10000 datagrams never filled the receiver");
     };
     ctx.sync_wait(run());
+}
+
+TEST_CASE("datagram_socket: receive_bytes returns one whole datagram per call and reports a longer one as message_truncated",
+          "[datagram_socket]") {
+    io_context ctx;
+    auto pr = datagram_socket::pair(ctx);
+    REQUIRE(pr);
+    auto run = [&]() -> task<void> {
+        for (std::string_view m : {"0123456789", "", "ok"}) {
+            auto s = co_await pr->first.send(m);
+            REQUIRE(s);
+            CHECK(*s == m.size());
+        }
+        std::array<char, 4> small{};
+        auto r = co_await pr->second.receive_bytes(small);
+        REQUIRE_FALSE(r);
+        CHECK(r.error() == ringsock::errc::message_truncated);
+        CHECK(r.partial_value() == 4);
+        CHECK(std::string_view(small.data(), 4) == "0123");
+        auto empty = co_await pr->second.receive_bytes(small);
+        REQUIRE(empty);
+        CHECK(*empty == 0);
+        auto r2 = co_await pr->second.receive_bytes(small);
+        REQUIRE(r2);
+        CHECK(std::string_view(small.data(), *r2) == "ok");
+    };
+    ctx.sync_wait(run());
+}
+
+TEST_CASE("datagram_socket: receive_bytes takes datagrams from unbound senders, and descriptors attached to them are released by the kernel",
+          "[datagram_socket]") {
+    io_context ctx;
+    auto ep = unique_abstract("bytes");
+    auto server = datagram_socket::bind(ctx, ep);
+    REQUIRE(server);
+    auto client = datagram_socket::open(ctx);
+    REQUIRE(client);
+    int p[2];
+    REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
+    ringsock::unique_fd rd(p[0]), wr(p[1]);
+    const std::size_t before = ringsock::test::open_fd_count();
+    auto run = [&]() -> task<void> {
+        auto s = co_await client->send_fds_to(std::string_view("hello"), wr, ep);
+        REQUIRE(s);
+        std::array<char, 16> buf{};
+        auto r = co_await server->receive_bytes(buf);
+        REQUIRE(r);
+        CHECK(std::string_view(buf.data(), *r) == "hello");
+    };
+    ctx.sync_wait(run());
+    CHECK(ringsock::test::open_fd_count() == before);
+    wr.reset();
+    char c = 0;
+    CHECK(::read(rd.get(), &c, 1) == 0);  // no copy of the write end survives anywhere
 }

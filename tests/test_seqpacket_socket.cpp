@@ -101,6 +101,15 @@ TEST_CASE("seqpacket_socket: a message longer than the buffer is message_truncat
         REQUIRE(r2);
         CHECK(r2->bytes == 4);
         CHECK(std::string_view(small.data(), 4) == "next");
+        // receive_bytes (a plain recv with MSG_TRUNC) reports the same way.
+        auto s3 = co_await pr->first.send(std::string_view("abcdefgh"));
+        REQUIRE(s3);
+        auto b = co_await pr->second.receive_bytes(small);
+        REQUIRE_FALSE(b);
+        CHECK(b.error() == ringsock::errc::message_truncated);
+        CHECK(b.partial_value() == 4);
+        CHECK(std::string_view(small.data(), 4) == "abcd");
+        CHECK(std::string(b.what()).find("receive_bytes") != std::string::npos);
     };
     ctx.sync_wait(run());
 }
@@ -133,6 +142,9 @@ TEST_CASE("seqpacket_socket: a receive waiting on an idle socket ends with timed
         auto r = co_await pr->second.receive(buf, 20ms);
         REQUIRE_FALSE(r);
         CHECK(r.error() == std::errc::timed_out);
+        auto rb = co_await pr->second.receive_bytes(buf, 20ms);
+        REQUIRE_FALSE(rb);
+        CHECK(rb.error() == std::errc::timed_out);
         auto closer = [&]() -> task<void> {
             co_await ctx.yield();
             pr->second.close();
@@ -229,4 +241,50 @@ TEST_CASE("seqpacket_socket: an empty message is delivered as 0 bytes with its d
         CHECK(m->fds.size() == 1);
     };
     ctx.sync_wait(run());
+}
+
+TEST_CASE("seqpacket_socket: receive_bytes returns one whole message per call, empty messages included",
+          "[seqpacket_socket]") {
+    io_context ctx;
+    auto pr = seqpacket_socket::pair(ctx);
+    REQUIRE(pr);
+    auto run = [&]() -> task<void> {
+        for (std::string_view m : {"first", "", "third message"}) {
+            auto s = co_await pr->first.send(m);
+            REQUIRE(s);
+            CHECK(*s == m.size());
+        }
+        std::array<char, 64> buf{};
+        for (std::string_view m : {"first", "", "third message"}) {
+            auto r = co_await pr->second.receive_bytes(buf);
+            REQUIRE(r);
+            CHECK(text(buf, *r) == m);
+        }
+    };
+    ctx.sync_wait(run());
+}
+
+TEST_CASE("seqpacket_socket: descriptors attached to a message read with receive_bytes are released by the kernel, none installed here",
+          "[seqpacket_socket]") {
+    io_context ctx;
+    auto pr = seqpacket_socket::pair(ctx);
+    REQUIRE(pr);
+    int p[2];
+    REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
+    ringsock::unique_fd rd(p[0]), wr(p[1]);
+    const std::size_t before = ringsock::test::open_fd_count();
+    auto run = [&]() -> task<void> {
+        auto s = co_await pr->first.send_fds(std::string_view("with fd"), wr);
+        REQUIRE(s);
+        std::array<char, 64> buf{};
+        auto r = co_await pr->second.receive_bytes(buf);
+        REQUIRE(r);
+        CHECK(text(buf, *r) == "with fd");
+    };
+    ctx.sync_wait(run());
+    CHECK(ringsock::test::open_fd_count() == before);
+    // If any copy of the write end were still open, this read would block, not see EOF.
+    wr.reset();
+    char c = 0;
+    CHECK(::read(rd.get(), &c, 1) == 0);
 }

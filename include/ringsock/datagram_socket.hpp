@@ -98,7 +98,9 @@ public:
     /// receiver makes the send wait (never EAGAIN): give it a time limit if that matters.
     template <readable_bytes B>
     [[nodiscard]] auto send(const B& buf, op_limits lim = {}) {
-        return send_fds(buf, borrowed_fds{}, lim);
+        auto bytes = as_bytes(buf);
+        return detail::transfer_op(*ctx_, fd_.get(), &state_, const_cast<std::byte*>(bytes.data()), bytes.size(),
+                                   detail::transfer_op::kind::send_message, lim);
     }
     /// Sends one datagram to `to`. Errors: ECONNREFUSED (nobody bound there, or not a
     /// datagram socket), ENOENT, EACCES, EMSGSIZE.
@@ -143,6 +145,19 @@ public:
     template <writable_bytes B>
     [[nodiscard]] auto receive_from(B&& buf, std::size_t max_fds, op_limits lim = {}) {
         return recv(as_writable_bytes(buf), max_fds, true, "receive_from", lim);
+    }
+
+    /// Receives one message's bytes and nothing else: co_await yields
+    /// io_result<std::size_t>. A plain recv, cheaper than receive() (no msghdr, no
+    /// control buffer): for protocols that never pass descriptors. Descriptors or
+    /// credentials attached to the message are released by the kernel, never
+    /// installed in this process. Errors: errc::message_truncated (the message was
+    /// longer than `buf`; partial_value() bytes were kept, the rest is gone).
+    template <writable_bytes B>
+    [[nodiscard]] auto receive_bytes(B&& buf, op_limits lim = {}) {
+        auto bytes = as_writable_bytes(buf);
+        return detail::transfer_op(*ctx_, fd_.get(), &state_, bytes.data(), bytes.size(),
+                                   detail::transfer_op::kind::recv_message, lim);
     }
 
     /// Cancels operations in flight, closes the socket, and removes its socket file if

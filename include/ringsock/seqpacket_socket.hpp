@@ -54,7 +54,9 @@ public:
     /// Errors: EMSGSIZE (larger than the socket's send buffer), EPIPE (peer closed).
     template <readable_bytes B>
     [[nodiscard]] auto send(const B& buf, op_limits lim = {}) {
-        return send_fds(buf, borrowed_fds{}, lim);
+        auto bytes = as_bytes(buf);
+        return detail::transfer_op(*ctx_, fd_.get(), &state_, const_cast<std::byte*>(bytes.data()), bytes.size(),
+                                   detail::transfer_op::kind::send_message, lim);
     }
     /// Sends `buf` as one message carrying `fds` (which stay ours). An empty message
     /// may carry descriptors. Errors (nothing sent): errc::too_many_fds (over 253), EBADF.
@@ -82,6 +84,19 @@ public:
     [[nodiscard]] auto receive(B&& buf, std::size_t max_fds, op_limits lim = {}) {
         return detail::message_awaiter(*ctx_, fd_.get(), &state_, as_writable_bytes(buf),
                                        detail::recv_msg_op::kind::message, nullptr, max_fds, false, "receive", lim);
+    }
+
+    /// Receives one message's bytes and nothing else: co_await yields
+    /// io_result<std::size_t>. A plain recv, cheaper than receive() (no msghdr, no
+    /// control buffer): for protocols that never pass descriptors. Descriptors or
+    /// credentials attached to the message are released by the kernel, never
+    /// installed in this process. Errors: errc::message_truncated (the message was
+    /// longer than `buf`; partial_value() bytes were kept, the rest is gone).
+    template <writable_bytes B>
+    [[nodiscard]] auto receive_bytes(B&& buf, op_limits lim = {}) {
+        auto bytes = as_writable_bytes(buf);
+        return detail::transfer_op(*ctx_, fd_.get(), &state_, bytes.data(), bytes.size(),
+                                   detail::transfer_op::kind::recv_message, lim);
     }
 
     /// Shuts down one or both directions (synchronous: it never blocks).

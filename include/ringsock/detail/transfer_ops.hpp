@@ -38,10 +38,12 @@ struct socket_state {
 /// The kernel's per-call limit is INT_MAX; stay well below it and loop.
 inline constexpr std::size_t max_chunk = std::size_t{1} << 30;
 
-/// One buffer: IORING_OP_SEND (always MSG_NOSIGNAL) or IORING_OP_RECV.
+/// One buffer: IORING_OP_SEND (always MSG_NOSIGNAL) or IORING_OP_RECV. The message
+/// kinds move one whole seqpacket/datagram message: empty ones included, and a
+/// message longer than the buffer is reported (MSG_TRUNC makes RECV return its length).
 class transfer_op final : public operation {
 public:
-    enum class kind : unsigned char { recv_some, recv_exact, send_some, send_all };
+    enum class kind : unsigned char { recv_some, recv_exact, send_some, send_all, recv_message, send_message };
 
     transfer_op(io_context& ctx, int fd, socket_state* st, std::byte* buf, std::size_t len, kind k,
                 const op_limits& lim) noexcept
@@ -56,7 +58,7 @@ public:
             state_ = op_state::done;
             return true;
         }
-        if (len_ == 0) {
+        if (len_ == 0 && !is_message()) {
             state_ = op_state::done;  // nothing to do: never mistake it for end of stream
             return true;
         }
@@ -65,6 +67,13 @@ public:
 
     void prepare(io_uring_sqe* sqe) noexcept override {
         std::size_t n = std::min(len_ - done_, max_chunk);
+        if (is_message()) {
+            // No msghdr: the cheapest request the kernel has for one message. Descriptors
+            // a peer attaches are released by the kernel, never installed here.
+            if (kind_ == kind::send_message) io_uring_prep_send(sqe, fd_, buf_, len_, MSG_NOSIGNAL);
+            else io_uring_prep_recv(sqe, fd_, buf_, len_, MSG_TRUNC);
+            return;
+        }
         if (is_send()) {
             // MSG_WAITALL (stream sockets) makes io_uring retry a short send itself
             // instead of posting a CQE per chunk; a cancel still reports the partial
@@ -91,6 +100,12 @@ public:
     io_result<std::size_t> await_resume() noexcept {
         finish_wait();
         if (broken_) return {0, make_error_code(errc::stream_broken), what()};
+        if (is_message()) {
+            if (res_ < 0) return {0, result_error(), what()};
+            // RECV with MSG_TRUNC returns the message's real length: the rest is gone.
+            if (done_ > len_) return {len_, make_error_code(errc::message_truncated), what()};
+            return done_;
+        }
         if (len_ == 0) return std::size_t{0};
         bool loops = kind_ == kind::recv_exact || kind_ == kind::send_all;
         if (!loops) {
@@ -108,13 +123,18 @@ public:
     }
 
 private:
-    bool is_send() const noexcept { return kind_ == kind::send_some || kind_ == kind::send_all; }
+    bool is_send() const noexcept {
+        return kind_ == kind::send_some || kind_ == kind::send_all || kind_ == kind::send_message;
+    }
+    bool is_message() const noexcept { return kind_ == kind::recv_message || kind_ == kind::send_message; }
     const char* what() const noexcept {
         switch (kind_) {
             case kind::recv_some: return "read_some";
             case kind::recv_exact: return "read_exact";
             case kind::send_some: return "write_some";
             case kind::send_all: return "write_all";
+            case kind::recv_message: return "receive_bytes";
+            case kind::send_message: return "send";
         }
         return "transfer";
     }
