@@ -120,6 +120,10 @@ const std::vector<workload>& workloads() {
        "one-way 64 B seqpacket messages, writer and reader threads", placement::same_cpu},
       {"dgram_64", kind::one_way, SOCK_DGRAM, 64, 1, false, false, "messages",
        "one-way 64 B datagrams on a socketpair, writer and reader threads", placement::same_cpu},
+      {"seqpacket_64_recvmsg", kind::one_way, SOCK_SEQPACKET, 64, 1, false, false, "messages",
+       "seqpacket_64, reader uses recvmsg with room for descriptors", placement::same_cpu, true},
+      {"dgram_64_recvmsg", kind::one_way, SOCK_DGRAM, 64, 1, false, false, "messages",
+       "dgram_64, reader uses recvmsg with room for descriptors", placement::same_cpu, true},
   };
   return list;
 }

@@ -83,6 +83,10 @@ struct workload {
   std::string unit;         // what one op is, e.g. "round trips", "messages"
   std::string description;
   placement place = placement::none;  // default thread placement (see placement)
+  // one_way on message sockets: the reader uses recvmsg with a control buffer for
+  // descriptors (bench::control_recv), as a receiver that must never lose a passed
+  // descriptor does; otherwise a plain recv.
+  bool recvmsg = false;
 };
 
 const std::vector<workload>& workloads();

@@ -99,14 +99,16 @@ class one_way final : public session {
     const int b = p_.b.get();
     peer_.start(
         b,
-        [this, b] {
+        [this, b, use_recvmsg = w.recvmsg] {
+          control_recv cr(in_.data(), in_.size());
           for (;;) {
-            ssize_t r = ::recv(b, in_.data(), in_.size(), 0);
+            ssize_t r = use_recvmsg ? ::recvmsg(b, &cr.msg, control_recv::flags) : ::recv(b, in_.data(), in_.size(), 0);
             if (r < 0) {
               if (errno == EINTR) continue;
               throw_errno("recv");
             }
             if (r == 0) return;  // shutdown by stop_and_join
+            if (use_recvmsg) cr.finish(r);
             prog_.add(static_cast<std::uint64_t>(r));
           }
         },

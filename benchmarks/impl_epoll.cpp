@@ -199,6 +199,7 @@ class one_way final : public session {
  public:
   explicit one_way(const workload& w)
       : msg_(w.msg_size),
+        use_recvmsg_(w.recvmsg),
         p_(make_socketpair(w.sock_type, SOCK_NONBLOCK)),
         ep_(make_epoll()),
         peer_ep_(make_epoll()),
@@ -246,12 +247,13 @@ class one_way final : public session {
  private:
   void read_loop(int b) {
     std::array<epoll_event, max_events> evs;
+    control_recv cr(in_.data(), msg_);
     for (;;) {
       wait_events(peer_ep_.get(), evs.data(), -1);
       // After shutdown() a non-blocking dgram recv says EAGAIN, not EOF.
       const bool hup = (evs[0].events & (EPOLLRDHUP | EPOLLHUP)) != 0;
       for (;;) {
-        ssize_t r = ::recv(b, in_.data(), msg_, 0);
+        ssize_t r = use_recvmsg_ ? ::recvmsg(b, &cr.msg, control_recv::flags) : ::recv(b, in_.data(), msg_, 0);
         if (r < 0) {
           if (errno == EAGAIN && hup) return;
           if (errno == EAGAIN) break;
@@ -259,12 +261,14 @@ class one_way final : public session {
           throw_errno("recv");
         }
         if (r == 0) return;  // stop_and_join shut us down
+        if (use_recvmsg_) cr.finish(r);
         prog_.add(static_cast<std::uint64_t>(r));
       }
     }
   }
 
   std::size_t msg_;
+  bool use_recvmsg_;
   fd_pair p_;
   unique_fd ep_, peer_ep_;
   std::vector<char> out_, in_;

@@ -321,6 +321,7 @@ class one_way final : public session {
       : cfg_(cfg),
         msg_(w.msg_size),
         send_flags_(w.sock_type == SOCK_STREAM ? MSG_WAITALL : 0),
+        use_recvmsg_(w.recvmsg),
         out_(msg_, 'w'),
         in_(msg_),
         p_(make_socketpair(w.sock_type)),
@@ -363,7 +364,14 @@ class one_way final : public session {
   void read_loop(int b) {
     ring r(cfg_, 64, 256);
     bool stop = false;
-    r.recv(b, in_.data(), msg_, ud(0, recv_b));
+    control_recv cr(in_.data(), msg_);
+    auto post = [&] {
+      if (!use_recvmsg_) return r.recv(b, in_.data(), msg_, ud(0, recv_b));
+      io_uring_sqe* e = r.sqe();
+      io_uring_prep_recvmsg(e, b, &cr.msg, control_recv::flags);
+      e->user_data = ud(0, recv_b);
+    };
+    post();
     while (!stop) {
       r.turn([&](const completion& cq) {
         if (cq.res == 0) {
@@ -371,8 +379,9 @@ class one_way final : public session {
           return;
         }
         if (cq.res < 0) throw_res(cq.res, "recv");
+        if (use_recvmsg_) cr.finish(cq.res);
         prog_.add(static_cast<std::uint64_t>(cq.res));
-        r.recv(b, in_.data(), msg_, ud(0, recv_b));
+        post();
       });
     }
   }
@@ -380,6 +389,7 @@ class one_way final : public session {
   config cfg_;
   std::size_t msg_;
   int send_flags_;
+  bool use_recvmsg_;
   std::vector<char> out_, in_;
   progress prog_;
   std::uint64_t written_ = 0;

@@ -263,7 +263,7 @@ template <class Socket>
 class one_way final : public session {
  public:
   one_way(const workload& w, const config& cfg)
-      : cfg_(cfg), msg_(w.msg_size), ctx_(make_context(cfg, 64)), d_(*ctx_) {
+      : cfg_(cfg), msg_(w.msg_size), use_receive_(w.recvmsg), ctx_(make_context(cfg, 64)), d_(*ctx_) {
     auto p = make_socketpair(w.sock_type);
     b_ = std::move(p.b);
     ctx_->spawn(writer(d_, Socket(*ctx_, rs::unique_fd(p.a.release())), msg_));
@@ -301,15 +301,19 @@ class one_way final : public session {
       d.op_done();
     }
   }
-  static rs::task<void> reader(Socket b, std::size_t msg, progress& prog) {
+  // Message sockets: receive_bytes (a plain recv), or with use_receive receive(), a
+  // recvmsg that takes descriptors and credentials too.
+  static rs::task<void> reader(Socket b, std::size_t msg, bool use_receive, progress& prog) {
     std::vector<char> in(msg);
     for (;;) {
       std::size_t n = 0;
       if constexpr (is_stream) {
         n = check(co_await b.read_some(in));
-      } else {
+      } else if (use_receive) {
         auto r = co_await b.receive(in);
         n = r.value().bytes;  // no copy of the received_message
+      } else {
+        n = check(co_await b.receive_bytes(in));
       }
       if (n == 0) co_return;  // stop_and_join's shutdown
       prog.add(n);
@@ -318,11 +322,12 @@ class one_way final : public session {
   void read_thread(int fd) {
     rs::unique_fd owned(fd);
     auto ctx = make_context(cfg_, 64);
-    ctx->sync_wait(reader(Socket(*ctx, std::move(owned)), msg_, prog_));
+    ctx->sync_wait(reader(Socket(*ctx, std::move(owned)), msg_, use_receive_, prog_));
   }
 
   config cfg_;
   std::size_t msg_;
+  bool use_receive_;
   progress prog_;
   std::uint64_t written_ = 0;
   unique_fd b_;

@@ -36,6 +36,23 @@ fd_send_msg::fd_send_msg(int fd) {
   std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
 }
 
+control_recv::control_recv(void* buf, std::size_t len) {
+  iov.iov_base = buf;
+  iov.iov_len = len;
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  reset();
+}
+
+std::size_t control_recv::finish(ssize_t n) {
+  for_each_rights_fd(msg, [](int fd) { ::close(fd); });
+  if ((msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0 || static_cast<std::size_t>(n) > iov.iov_len)
+    throw std::runtime_error("recvmsg: message or control data truncated");
+  reset();
+  return static_cast<std::size_t>(n);
+}
+
 fd_recv_msg::fd_recv_msg() {
   iov.iov_base = &byte;
   iov.iov_len = 1;

@@ -106,6 +106,44 @@ struct fd_send_msg {
 
 // Receive side: a control buffer with slack (several fds plus SCM_CREDENTIALS /
 // SCM_PIDFD / SCM_INQ).  Use with recvmsg(..., MSG_CMSG_CLOEXEC).
+// Walks every cmsg of a received msghdr by cmsg_len and calls f(fd) for each
+// SCM_RIGHTS descriptor (unknown cmsgs are skipped); returns how many.
+template <class F>
+unsigned for_each_rights_fd(msghdr& msg, F&& f) {
+  unsigned n = 0;
+  if (msg.msg_controllen == 0) return 0;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < count; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+      f(fd);
+      ++n;
+    }
+  }
+  return n;
+}
+
+// One message into a caller's buffer with room for 253 descriptors, received with
+// recvmsg(MSG_CMSG_CLOEXEC | MSG_TRUNC) (the *_recvmsg workloads).
+struct control_recv {
+  iovec iov{};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 253)]{};
+  msghdr msg{};
+  static constexpr int flags = MSG_CMSG_CLOEXEC | MSG_TRUNC;
+  control_recv(void* buf, std::size_t len);
+  control_recv(const control_recv&) = delete;
+  control_recv& operator=(const control_recv&) = delete;
+  void reset() noexcept {
+    msg.msg_controllen = sizeof control;
+    msg.msg_flags = 0;
+  }
+  // After a recvmsg that returned n: closes every descriptor that came, throws on a
+  // truncated message or control buffer; returns n.
+  std::size_t finish(ssize_t n);
+};
+
 struct fd_recv_msg {
   char byte = 0;
   iovec iov{};
@@ -123,19 +161,7 @@ struct fd_recv_msg {
   // (unknown cmsgs are skipped); returns how many.
   template <class F>
   unsigned for_each_fd(F&& f) {
-    unsigned n = 0;
-    if (msg.msg_controllen == 0) return 0;
-    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-      std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (std::size_t i = 0; i < count; ++i) {
-        int fd;
-        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-        f(fd);
-        ++n;
-      }
-    }
-    return n;
+    return for_each_rights_fd(msg, f);
   }
   // close(2)s every received descriptor; returns how many.  `flags` is the
   // msg_flags to test (recvmsg writes it to msg).  Throws on MSG_CTRUNC (after

@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Turns `ringsock_bench --json` output into a bar chart (PNG or SVG) with gnuplot.
+
+    build/benchmarks/ringsock_bench --json > results.json
+    python3 benchmarks/chart.py results.json -o chart.png
+
+One cluster per workload, one bar per implementation, each bar the implementation's
+median divided by raw liburing's median in the same run (the number the table prints
+in its xraw_uring column), so 1.0 is the hand-written liburing baseline; a dashed
+line marks the 0.95 target. Needs gnuplot (Debian: gnuplot-nox).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+BASELINE = "raw_uring"
+# Bars in this order, when present; raw_uring itself is the 1.0 line.
+DEFAULT_IMPLS = ["ringsock", "raw_uring_nodt", "asio", "epoll", "blocking"]
+LABELS = {
+    "ringsock": "ringsock",
+    "ringsock_nodt": "ringsock, no DEFER_TASKRUN",
+    "raw_uring_nodt": "raw liburing, no DEFER_TASKRUN",
+    "asio": "Boost.Asio (io_uring)",
+    "epoll": "epoll",
+    "blocking": "blocking syscalls",
+}
+
+
+def load(path):
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if "results" not in data:
+        sys.exit(f"chart.py: {path}: no 'results' (is it ringsock_bench --json output?)")
+    return data
+
+
+def ratios(data, impls):
+    """{workload: {impl: ratio}} in the order workloads first appear."""
+    table = {}
+    for r in data["results"]:
+        if r.get("error"):
+            continue
+        ratio = r.get("ratios", {}).get(BASELINE)
+        if ratio is None:
+            continue
+        table.setdefault(r["workload"], {})[r["impl"]] = ratio
+    workloads = [w for w in table if any(i in table[w] for i in impls)]
+    if not workloads:
+        sys.exit(f"chart.py: no result has a ratio to {BASELINE}; run the benchmark without --filter")
+    return workloads, table
+
+
+def gnuplot_script(datafile, out, fmt, title, impls, n_workloads):
+    width = max(900, 95 * n_workloads + 200)
+    term = (f"pngcairo size {width},560 font 'Sans,10'" if fmt == "png"
+            else f"svg size {width},560 font 'Sans,10' background rgb 'white'")
+    lines = [
+        f"set terminal {term}",
+        f"set output '{out}'",
+        f"set title \"{title}\" noenhanced",
+        "set style data histograms",
+        "set style histogram clustered gap 1",
+        "set style fill solid 0.85 border -1",
+        "set boxwidth 0.9",
+        "set datafile separator '\\t'",
+        "set datafile missing '-'",
+        "set key outside top center horizontal noenhanced",
+        "set ylabel 'rate / raw liburing rate, same run'",
+        "set yrange [0:*]",
+        "set grid ytics",
+        "set xtics rotate by 30 right noenhanced",
+        "set arrow from graph 0, first 1 to graph 1, first 1 nohead lw 2 lc rgb 'black' front",
+        "set arrow from graph 0, first 0.95 to graph 1, first 0.95 nohead dt 2 lw 1 lc rgb 'red' front",
+    ]
+    plots = []
+    for k, impl in enumerate(impls):
+        label = LABELS.get(impl, impl)
+        xt = ":xtic(1)" if k == 0 else ""
+        plots.append(f"'{datafile}' using {k + 2}{xt} title \"{label}\"")
+    lines.append("plot " + ", \\\n     ".join(plots))
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("json", help="output of ringsock_bench --json")
+    ap.add_argument("-o", "--output", required=True, help="chart file: .png or .svg")
+    ap.add_argument("--impl", action="append", help="implementations to draw (repeatable); default: "
+                    + ", ".join(DEFAULT_IMPLS))
+    ap.add_argument("--title", help="chart title (default: from the run's machine description)")
+    args = ap.parse_args()
+
+    fmt = os.path.splitext(args.output)[1].lower().lstrip(".")
+    if fmt not in ("png", "svg"):
+        sys.exit("chart.py: --output must end in .png or .svg")
+    gnuplot = shutil.which("gnuplot")
+    if gnuplot is None:
+        sys.exit("chart.py: gnuplot not found (apt-get install gnuplot-nox)")
+
+    data = load(args.json)
+    wanted = args.impl or DEFAULT_IMPLS
+    workloads, table = ratios(data, wanted)
+    impls = [i for i in wanted if any(i in table[w] for w in workloads)]
+    title = args.title or (f"ringsock vs raw liburing: {data.get('cpu', '?')} x{data.get('cpus', '?')}, "
+                           f"Linux {data.get('kernel', '?')}, {data.get('compiler', '?')}, "
+                           f"liburing {data.get('liburing', '?')}")
+
+    with tempfile.TemporaryDirectory(prefix="ringsock-chart-") as tmp:
+        datafile = os.path.join(tmp, "ratios.tsv")
+        with open(datafile, "w", encoding="utf-8") as f:
+            for w in workloads:
+                cells = [f"{table[w][i]:.4f}" if i in table[w] else "-" for i in impls]
+                f.write("\t".join([w] + cells) + "\n")
+        script = os.path.join(tmp, "chart.gp")
+        with open(script, "w", encoding="utf-8") as f:
+            f.write(gnuplot_script(datafile, os.path.abspath(args.output), fmt, title, impls, len(workloads)))
+        proc = subprocess.run([gnuplot, script], capture_output=True, text=True)
+        if proc.returncode != 0 or not os.path.exists(args.output) or os.path.getsize(args.output) == 0:
+            sys.exit(f"chart.py: gnuplot failed ({proc.returncode}): {proc.stderr.strip()}")
+    print(f"chart.py: wrote {args.output}: {len(workloads)} workloads x {len(impls)} implementations")
+
+
+if __name__ == "__main__":
+    main()
