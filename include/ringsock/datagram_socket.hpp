@@ -44,6 +44,7 @@ public:
     datagram_socket(io_context& ctx, unique_fd fd) noexcept : ctx_(&ctx), fd_(std::move(fd)) {}
     datagram_socket(datagram_socket&& o) noexcept
         : ctx_(o.ctx_), fd_(std::move(o.fd_)), bound_(std::move(o.bound_)) {
+        state_.take(o.state_);
         o.bound_.owned = false;
     }
     datagram_socket& operator=(datagram_socket&& o) noexcept {
@@ -51,6 +52,7 @@ public:
             close();
             ctx_ = o.ctx_;
             fd_ = std::move(o.fd_);
+            state_.take(o.state_);
             bound_ = std::move(o.bound_);
             o.bound_.owned = false;
         }
@@ -175,7 +177,7 @@ public:
     /// removed by this object.
     unique_fd release() noexcept {
         bound_.owned = false;
-        return std::move(fd_);
+        return detail::release_socket(fd_, state_);
     }
 
     io_result<endpoint> local_endpoint() const { return ringsock::local_endpoint(fd_.get()); }

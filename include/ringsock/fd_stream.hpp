@@ -44,14 +44,15 @@ public:
     /// Takes over a connected stream socket (e.g. one from acceptor::accept()).
     explicit fd_stream(stream_socket&& s) noexcept : ctx_(&s.context()), fd_(s.release()) {}
     fd_stream(fd_stream&& o) noexcept : ctx_(o.ctx_), fd_(std::move(o.fd_)), queue_(std::move(o.queue_)) {
-        state_.write_broken = o.state_.write_broken;
+        state_.take(o.state_);
     }
     fd_stream& operator=(fd_stream&& o) noexcept {
         if (this != &o) {
+            close();
             ctx_ = o.ctx_;
             fd_ = std::move(o.fd_);
             queue_ = std::move(o.queue_);
-            state_.write_broken = o.state_.write_broken;
+            state_.take(o.state_);
         }
         return *this;
     }
@@ -150,7 +151,7 @@ public:
     int native_handle() const noexcept { return fd_.get(); }
     io_context& context() const noexcept { return *ctx_; }
     /// Gives up the descriptor; the socket becomes closed. Queued descriptors stay.
-    unique_fd release() noexcept { return std::move(fd_); }
+    unique_fd release() noexcept { return detail::release_socket(fd_, state_); }
 
     io_result<endpoint> local_endpoint() const { return ringsock::local_endpoint(fd_.get()); }
     io_result<endpoint> remote_endpoint() const { return ringsock::remote_endpoint(fd_.get()); }

@@ -5,6 +5,7 @@
 
 #include <liburing.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -36,6 +37,9 @@ struct ring_features {
     bool defer_taskrun = false;
     bool coop_taskrun = false;
     bool registered_ring_fd = false;
+    /// Slots in the ring's table of registered files (0: none; sockets then use plain
+    /// descriptors).
+    unsigned registered_files = 0;
 };
 
 class io_context;
@@ -75,6 +79,12 @@ public:
         unsigned entries = 256;
         /// Ask for SINGLE_ISSUER|DEFER_TASKRUN (falls back when the kernel refuses).
         bool defer_taskrun = true;
+        /// Size of the table of registered files (capped at RLIMIT_NOFILE); 0 turns
+        /// registration off. A socket takes a slot once it has made `register_after`
+        /// requests, so short-lived connections never pay the two extra syscalls
+        /// (register, unregister); when the table is full, sockets use plain descriptors.
+        unsigned registered_files = 1024;
+        unsigned register_after = 16;
     };
 
     io_context() : io_context(options{}) {}
@@ -146,11 +156,14 @@ public:
     void link_detached(detail::detached_promise* p) noexcept;
     void release_gate(detail::operation* op) noexcept;
     void unlink_detached(detail::detached_promise* p) noexcept;
+    /// Gives a registered-file slot back (registered_file::release).
+    void release_file_slot(int slot) noexcept;
 
 private:
     class wake_op;
 
     bool try_prepare(detail::operation* op, bool past_cap = false) noexcept;
+    void use_registered(detail::registered_file& f, io_uring_sqe* sqe) noexcept;
     void flush_pending(bool past_cap = false) noexcept;
     void flush_late() noexcept;
     detail::resumable_list& pending_list(detail::operation* op) noexcept {
@@ -191,6 +204,9 @@ private:
     std::atomic<bool> remote_flag_{false};
     std::mutex remote_mu_;
     std::vector<detail::operation*> remote_cancels_;
+
+    std::vector<int> free_file_slots_;  // capacity = the table size: never reallocates
+    unsigned register_after_ = 0;
 };
 
 // ---------------------------------------------------------------------------------
@@ -300,6 +316,19 @@ inline io_context::io_context(options opts) {
     features_.sq_entries = p.sq_entries;
     features_.cq_entries = p.cq_entries;
     features_.registered_ring_fd = io_uring_register_ring_fd(&ring_) == 1;
+    if (opts.registered_files > 0) {
+        // The kernel refuses a table larger than RLIMIT_NOFILE.
+        rlimit lim{};
+        unsigned n = opts.registered_files;
+        if (::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY && lim.rlim_cur < n)
+            n = static_cast<unsigned>(lim.rlim_cur);
+        if (n > 0 && io_uring_register_files_sparse(&ring_, n) == 0) {
+            free_file_slots_.reserve(n);
+            for (unsigned i = n; i-- > 0;) free_file_slots_.push_back(static_cast<int>(i));
+            features_.registered_files = n;
+            register_after_ = opts.register_after;
+        }
+    }
     inflight_cap_ = p.cq_entries;
 
     wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -645,8 +674,19 @@ inline bool io_context::try_prepare(detail::operation* op, bool past_cap) noexce
         flush_sq();
         if (io_uring_sq_space_left(&ring_) < need) return false;
     }
+    if (op->file_ && op->file_->is_closed()) {
+        // Its socket was closed while the request waited to be submitted: the
+        // descriptor number may already belong to another file. Never touch it.
+        op->res_ = -ECANCELED;
+        op->cqes_left_ = 0;
+        op->state_ = detail::op_state::ready;
+        release_gate(op);
+        make_ready(op);
+        return true;
+    }
     io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
     op->prepare(sqe);
+    if (op->file_) use_registered(*op->file_, sqe);
     io_uring_sqe_set_data(sqe, op);
     op->cqes_left_ = 1;
     if (op->has_deadline_) {
@@ -659,6 +699,39 @@ inline bool io_context::try_prepare(detail::operation* op, bool past_cap) noexce
     inflight_ += need;
     op->state_ = detail::op_state::in_flight;
     return true;
+}
+
+inline void io_context::use_registered(detail::registered_file& f, io_uring_sqe* sqe) noexcept {
+    if (f.slot < 0) {
+        if (f.slot != detail::registered_file::unregistered || ++f.uses < register_after_ ||
+            free_file_slots_.empty())
+            return;
+        int fd = sqe->fd;
+        int slot = free_file_slots_.back();
+        if (io_uring_register_files_update(&ring_, static_cast<unsigned>(slot), &fd, 1) != 1) {
+            f.slot = detail::registered_file::never;
+            return;
+        }
+        free_file_slots_.pop_back();
+        f.slot = slot;
+        f.ctx = this;
+    }
+    sqe->fd = f.slot;
+    sqe->flags |= IOSQE_FIXED_FILE;
+}
+
+inline void io_context::release_file_slot(int slot) noexcept {
+    int none = -1;
+    // Only fails for arguments we never pass; the slot is not reused if it does.
+    if (io_uring_register_files_update(&ring_, static_cast<unsigned>(slot), &none, 1) == 1)
+        free_file_slots_.push_back(slot);
+}
+
+inline void detail::registered_file::release() noexcept {
+    if (slot >= 0) ctx->release_file_slot(slot);
+    ctx = nullptr;
+    slot = unregistered;
+    uses = 0;
 }
 
 inline void io_context::flush_pending(bool past_cap) noexcept {

@@ -28,10 +28,14 @@ class seqpacket_socket {
 public:
     seqpacket_socket() noexcept = default;
     seqpacket_socket(io_context& ctx, unique_fd fd) noexcept : ctx_(&ctx), fd_(std::move(fd)) {}
-    seqpacket_socket(seqpacket_socket&& o) noexcept : ctx_(o.ctx_), fd_(std::move(o.fd_)) {}
+    seqpacket_socket(seqpacket_socket&& o) noexcept : ctx_(o.ctx_), fd_(std::move(o.fd_)) { state_.take(o.state_); }
     seqpacket_socket& operator=(seqpacket_socket&& o) noexcept {
-        ctx_ = o.ctx_;
-        fd_ = std::move(o.fd_);
+        if (this != &o) {
+            close();
+            ctx_ = o.ctx_;
+            fd_ = std::move(o.fd_);
+            state_.take(o.state_);
+        }
         return *this;
     }
 
@@ -112,7 +116,7 @@ public:
     int native_handle() const noexcept { return fd_.get(); }
     io_context& context() const noexcept { return *ctx_; }
     /// Gives up the descriptor; the socket becomes closed.
-    unique_fd release() noexcept { return std::move(fd_); }
+    unique_fd release() noexcept { return detail::release_socket(fd_, state_); }
 
     io_result<endpoint> local_endpoint() const { return ringsock::local_endpoint(fd_.get()); }
     io_result<endpoint> remote_endpoint() const { return ringsock::remote_endpoint(fd_.get()); }

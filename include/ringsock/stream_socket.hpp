@@ -72,13 +72,14 @@ class stream_socket {
 public:
     stream_socket() noexcept = default;
     stream_socket(io_context& ctx, unique_fd fd) noexcept : ctx_(&ctx), fd_(std::move(fd)) {}
-    stream_socket(stream_socket&& o) noexcept : ctx_(o.ctx_), fd_(std::move(o.fd_)) {
-        state_.write_broken = o.state_.write_broken;
-    }
+    stream_socket(stream_socket&& o) noexcept : ctx_(o.ctx_), fd_(std::move(o.fd_)) { state_.take(o.state_); }
     stream_socket& operator=(stream_socket&& o) noexcept {
-        ctx_ = o.ctx_;
-        fd_ = std::move(o.fd_);
-        state_.write_broken = o.state_.write_broken;
+        if (this != &o) {
+            close();
+            ctx_ = o.ctx_;
+            fd_ = std::move(o.fd_);
+            state_.take(o.state_);
+        }
         return *this;
     }
 
@@ -148,26 +149,13 @@ public:
 
     /// Cancels operations in flight on this socket and closes it. The cancelled
     /// operations resume later with operation_canceled; keep the object alive until then.
-    void close() noexcept {
-        if (!fd_) return;
-        state_.closed = true;
-        if (ctx_) state_.cancel_queued(*ctx_);
-        if (ctx_ && (state_.send_gate.busy || state_.recv_gate.busy)) {
-            if (io_uring_sqe* sqe = io_uring_get_sqe(ctx_->native_handle())) {
-                io_uring_prep_cancel_fd(sqe, fd_.get(), IORING_ASYNC_CANCEL_ALL);
-                sqe->user_data = 0;
-                sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
-                io_uring_submit(ctx_->native_handle());
-            }
-        }
-        fd_.reset();
-    }
+    void close() noexcept { detail::close_socket(ctx_, fd_, state_); }
 
     bool is_open() const noexcept { return fd_.valid(); }
     int native_handle() const noexcept { return fd_.get(); }
     io_context& context() const noexcept { return *ctx_; }
     /// Gives up the descriptor; the socket becomes closed.
-    unique_fd release() noexcept { return std::move(fd_); }
+    unique_fd release() noexcept { return detail::release_socket(fd_, state_); }
 
     io_result<endpoint> local_endpoint() const { return ringsock::local_endpoint(fd_.get()); }
     io_result<endpoint> remote_endpoint() const { return ringsock::remote_endpoint(fd_.get()); }

@@ -26,23 +26,6 @@
 
 namespace ringsock::detail {
 
-/// Closes a socket the way stream_socket::close does: queued operations are cancelled,
-/// in-flight ones get an ASYNC_CANCEL by descriptor, then the descriptor is closed.
-inline void close_socket(io_context* ctx, unique_fd& fd, socket_state& st) noexcept {
-    if (!fd) return;
-    st.closed = true;
-    if (ctx) st.cancel_queued(*ctx);
-    if (ctx && (st.send_gate.busy || st.recv_gate.busy)) {
-        if (io_uring_sqe* sqe = io_uring_get_sqe(ctx->native_handle())) {
-            io_uring_prep_cancel_fd(sqe, fd.get(), IORING_ASYNC_CANCEL_ALL);
-            sqe->user_data = 0;
-            sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
-            io_uring_submit(ctx->native_handle());
-        }
-    }
-    fd.reset();
-}
-
 /// Descriptors received on a stream and not yet taken (fd_stream).
 struct fd_queue {
     std::vector<unique_fd> fds;
@@ -61,6 +44,7 @@ public:
                 const endpoint* dest, kind k, const char* what, const op_limits& lim) noexcept
         : operation(ctx, lim), fd_(fd), st_(st), buf_(data.data()), len_(data.size()), kind_(k), what_(what) {
         gate_ = &st->send_gate;
+        file_ = &st->file;
         if (fds.size() > scm_max_fd) {
             early_ = make_error_code(errc::too_many_fds);
             return;
@@ -174,6 +158,7 @@ public:
         : operation(ctx, lim), fd_(fd), st_(st), queue_(queue), buf_(buf.data()), len_(buf.size()),
           max_fds_(std::min(max_fds, scm_max_fd)), kind_(k), want_sender_(want_sender), what_(what) {
         gate_ = &st->recv_gate;
+        file_ = &st->file;
     }
     // TRICKY: settle while this is still a recv_msg_op: if the receive completes during
     // the cancel, on_complete (ours, not the base's) takes the descriptors, and the
@@ -211,9 +196,13 @@ public:
         // Own whatever arrived before anything else happens.
         std::size_t clen = std::min<std::size_t>(msg_.msg_controllen, ctrl_.size());
         if (msg_.msg_control == nullptr) clen = 0;
+        // The common case on message sockets, no control message at all: nothing to parse.
         // Stream reads parse into the queue's scratch vector: no allocation per read.
-        parsed_control c = parse_control({ctrl_.data(), clen}, msg_.msg_flags, max_fds_,
-                                         kind_ == kind::message ? std::vector<unique_fd>{} : std::move(queue_->scratch));
+        parsed_control c = kind_ == kind::message && clen == 0 && !(msg_.msg_flags & MSG_CTRUNC)
+                               ? parsed_control{}
+                               : parse_control({ctrl_.data(), clen}, msg_.msg_flags, max_fds_,
+                                               kind_ == kind::message ? std::vector<unique_fd>{}
+                                                                      : std::move(queue_->scratch));
         // FACTS 5: io_uring leaves MSG_CMSG_CLOEXEC in msg_flags; test bits, never compare to 0.
         flags_ |= msg_.msg_flags & ~MSG_CMSG_CLOEXEC;
         if (c.error && !fd_error_) fd_error_ = c.error;
@@ -277,7 +266,7 @@ public:
     /// fd_stream::receive and the message sockets' receives.
     io_result<received_message> resume_message() noexcept {
         finish_wait();
-        received_message m = std::move(result_);
+        received_message& m = result_;  // moved out once, straight into the result
         m.flags = flags_;
         if (kind_ == kind::message) {
             if (res_ < 0) return {std::move(m), result_error(), what_};
@@ -286,7 +275,7 @@ public:
             if (fd_error_) return {std::move(m), fd_error_, what_};
             if ((flags_ & MSG_TRUNC) || full_ > len_)
                 return {std::move(m), make_error_code(errc::message_truncated), what_};
-            return m;
+            return std::move(m);
         }
         // stream_receive: the bytes of this read and every descriptor queued so far.
         m.bytes = done_;
@@ -295,7 +284,7 @@ public:
         queue_->fds.clear();
         if (len_ != 0 && res_ < 0 && done_ == 0) return {std::move(m), result_error(), what_};
         if (fd_error_) return {std::move(m), fd_error_, what_};
-        return m;
+        return std::move(m);
     }
 
 private:
@@ -315,7 +304,7 @@ private:
     received_message result_;
     iovec iov_{};
     msghdr msg_{};
-    sockaddr_un addr_{};
+    sockaddr_un addr_;  // zeroed by prepare() when the sender is wanted, else unused
     control_buffer<control_capacity> ctrl_;
 };
 

@@ -13,6 +13,7 @@
 #include <ctime>
 #include <optional>
 #include <stop_token>
+#include <utility>
 
 #include "../op_limits.hpp"
 
@@ -77,6 +78,44 @@ private:
 struct op_gate {
     bool busy = false;
     resumable_list waiters;
+};
+
+/// A socket's slot in its io_context's table of registered files. Once registered,
+/// its requests carry IOSQE_FIXED_FILE and the kernel skips the descriptor lookup and
+/// the file reference count on each of them. The table holds a reference to the
+/// socket, so the slot must be given back before the descriptor is closed (close(),
+/// release() and the destructor do): otherwise the peer would never see EOF.
+struct registered_file {
+    static constexpr int unregistered = -1;  // not registered (yet)
+    static constexpr int never = -2;         // registration failed: plain descriptor
+    static constexpr int closed = -3;        // the socket is closed: no further request
+
+    io_context* ctx = nullptr;  // set while slot >= 0
+    int slot = unregistered;
+    unsigned uses = 0;  // requests so far, while unregistered
+
+    registered_file() noexcept = default;
+    registered_file(registered_file&& o) noexcept
+        : ctx(std::exchange(o.ctx, nullptr)), slot(std::exchange(o.slot, unregistered)), uses(std::exchange(o.uses, 0)) {}
+    registered_file& operator=(registered_file&& o) noexcept {
+        if (this != &o) {
+            release();
+            ctx = std::exchange(o.ctx, nullptr);
+            slot = std::exchange(o.slot, unregistered);
+            uses = std::exchange(o.uses, 0);
+        }
+        return *this;
+    }
+    ~registered_file() { release(); }
+
+    bool is_closed() const noexcept { return slot == closed; }
+    /// Gives the slot back: the kernel drops its reference to the socket. Synchronous.
+    void release() noexcept;
+    /// release(), and refuse every later request (the descriptor number may be reused).
+    void close() noexcept {
+        release();
+        slot = closed;
+    }
 };
 
 enum class op_state : std::uint8_t {
@@ -165,6 +204,8 @@ protected:
     bool submit_late_ = false;
     bool queued_late_ = false;  // waiting in the context's late list (state pending)
     op_gate* gate_ = nullptr;
+    /// The socket's registration, for requests on a socket (sqe->fd is its descriptor).
+    registered_file* file_ = nullptr;
     std::atomic<bool> remote_cancel_posted_{false};
     __kernel_timespec deadline_{};
 

@@ -10,11 +10,13 @@
 #include <array>
 #include <cstddef>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "../error.hpp"
 #include "../io_context.hpp"
 #include "../io_result.hpp"
+#include "../unique_fd.hpp"
 #include "operation.hpp"
 
 namespace ringsock::detail {
@@ -26,6 +28,15 @@ struct socket_state {
     op_gate recv_gate;
     bool write_broken = false;
     bool closed = false;  // set by close(): never resubmit on a descriptor number that may be reused
+    registered_file file;
+
+    /// For a socket's move constructor/assignment: the gates stay (no operation may be
+    /// in flight during a move), the rest follows the descriptor.
+    void take(socket_state& o) noexcept {
+        write_broken = std::exchange(o.write_broken, false);
+        closed = std::exchange(o.closed, false);
+        file = std::move(o.file);
+    }
 
     /// Cancels queued (not yet submitted) operations of both directions.
     void cancel_queued(io_context& ctx) noexcept {
@@ -34,6 +45,34 @@ struct socket_state {
         }
     }
 };
+
+/// Closes a socket: queued operations are cancelled, in-flight ones get an
+/// ASYNC_CANCEL by descriptor (or by registered slot), the slot is given back, then
+/// the descriptor is closed.
+inline void close_socket(io_context* ctx, unique_fd& fd, socket_state& st) noexcept {
+    if (!fd) return;
+    st.closed = true;
+    if (ctx) st.cancel_queued(*ctx);
+    if (ctx && (st.send_gate.busy || st.recv_gate.busy)) {
+        if (io_uring_sqe* sqe = io_uring_get_sqe(ctx->native_handle())) {
+            if (st.file.slot >= 0)
+                io_uring_prep_cancel_fd(sqe, st.file.slot, IORING_ASYNC_CANCEL_ALL | IORING_ASYNC_CANCEL_FD_FIXED);
+            else
+                io_uring_prep_cancel_fd(sqe, fd.get(), IORING_ASYNC_CANCEL_ALL);
+            sqe->user_data = 0;
+            sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+            io_uring_submit(ctx->native_handle());
+        }
+    }
+    st.file.close();
+    fd.reset();
+}
+
+/// Gives up a socket's descriptor (release()): its registered slot goes first.
+inline unique_fd release_socket(unique_fd& fd, socket_state& st) noexcept {
+    st.file.close();
+    return std::move(fd);
+}
 
 /// The kernel's per-call limit is INT_MAX; stay well below it and loop.
 inline constexpr std::size_t max_chunk = std::size_t{1} << 30;
@@ -49,6 +88,7 @@ public:
                 const op_limits& lim) noexcept
         : operation(ctx, lim), fd_(fd), st_(st), buf_(buf), len_(len), kind_(k) {
         gate_ = is_send() ? &st->send_gate : &st->recv_gate;
+        file_ = &st->file;
         submit_late_ = !is_send();
     }
 
@@ -158,6 +198,7 @@ public:
                 const op_limits& lim)
         : operation(ctx, lim), fd_(fd), st_(st), kind_(k) {
         gate_ = is_send() ? &st->send_gate : &st->recv_gate;
+        file_ = &st->file;
         submit_late_ = !is_send();
         if (iov.size() <= inline_.size()) {
             std::copy(iov.begin(), iov.end(), inline_.begin());
