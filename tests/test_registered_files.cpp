@@ -4,6 +4,7 @@
 // reference never keeps a socket alive (the peer sees EOF at once).
 #include <catch2/catch.hpp>
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -276,4 +277,19 @@ TEST_CASE("a receive still waiting to be submitted when its socket closes ends w
     char c = 0;
     CHECK(::recv(same.native_handle(), &c, 1, MSG_DONTWAIT) == 1);  // the byte is still there
     CHECK(c == 'x');
+}
+
+TEST_CASE("registered files: a socket that outlives its io_context (a misuse) still closes cleanly and its peer gets EOF",
+          "[registered_files]") {
+    std::optional<stream_socket> survivor;
+    ringsock::unique_fd peer;
+    {
+        registered_pair rp;
+        peer = rp.second.release();
+        survivor.emplace(std::move(rp.first));
+    }  // the context goes first, with survivor still registered
+    survivor->close();
+    pollfd pfd{peer.get(), POLLIN, 0};
+    REQUIRE(::poll(&pfd, 1, 5000) == 1);  // the ring's teardown may drop its reference a moment later
+    CHECK(peer_closed(peer.get()));
 }

@@ -158,6 +158,8 @@ public:
     void unlink_detached(detail::detached_promise* p) noexcept;
     /// Gives a registered-file slot back (registered_file::release).
     void release_file_slot(int slot) noexcept;
+    /// A registered_file moved: its slot's owner is now `f`.
+    void move_file_slot(int slot, detail::registered_file* f) noexcept { file_owners_[static_cast<unsigned>(slot)] = f; }
 
 private:
     class wake_op;
@@ -206,6 +208,9 @@ private:
     std::vector<detail::operation*> remote_cancels_;
 
     std::vector<int> free_file_slots_;  // capacity = the table size: never reallocates
+    // Who holds each slot, so a context destroyed before its sockets (a misuse) leaves
+    // them unregistered instead of pointing at a dead context.
+    std::vector<detail::registered_file*> file_owners_;
     unsigned register_after_ = 0;
 };
 
@@ -324,6 +329,7 @@ inline io_context::io_context(options opts) {
             n = static_cast<unsigned>(lim.rlim_cur);
         if (n > 0 && io_uring_register_files_sparse(&ring_, n) == 0) {
             free_file_slots_.reserve(n);
+            file_owners_.assign(n, nullptr);
             for (unsigned i = n; i-- > 0;) free_file_slots_.push_back(static_cast<int>(i));
             features_.registered_files = n;
             register_after_ = opts.register_after;
@@ -350,6 +356,12 @@ inline io_context::~io_context() {
         h.destroy();  // the promise unlinks itself
     }
     delete wake_op_;
+    for (auto* f : file_owners_) {
+        if (f) {
+            f->ctx = nullptr;
+            f->slot = detail::registered_file::never;
+        }
+    }
     io_uring_queue_exit(&ring_);
 }
 
@@ -713,6 +725,7 @@ inline void io_context::use_registered(detail::registered_file& f, io_uring_sqe*
             return;
         }
         free_file_slots_.pop_back();
+        file_owners_[static_cast<unsigned>(slot)] = &f;
         f.slot = slot;
         f.ctx = this;
     }
@@ -723,8 +736,16 @@ inline void io_context::use_registered(detail::registered_file& f, io_uring_sqe*
 inline void io_context::release_file_slot(int slot) noexcept {
     int none = -1;
     // Only fails for arguments we never pass; the slot is not reused if it does.
+    file_owners_[static_cast<unsigned>(slot)] = nullptr;
     if (io_uring_register_files_update(&ring_, static_cast<unsigned>(slot), &none, 1) == 1)
         free_file_slots_.push_back(slot);
+}
+
+inline void detail::registered_file::take(registered_file& o) noexcept {
+    ctx = std::exchange(o.ctx, nullptr);
+    slot = std::exchange(o.slot, unregistered);
+    uses = std::exchange(o.uses, 0);
+    if (slot >= 0) ctx->move_file_slot(slot, this);
 }
 
 inline void detail::registered_file::release() noexcept {

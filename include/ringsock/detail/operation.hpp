@@ -95,14 +95,11 @@ struct registered_file {
     unsigned uses = 0;  // requests so far, while unregistered
 
     registered_file() noexcept = default;
-    registered_file(registered_file&& o) noexcept
-        : ctx(std::exchange(o.ctx, nullptr)), slot(std::exchange(o.slot, unregistered)), uses(std::exchange(o.uses, 0)) {}
+    registered_file(registered_file&& o) noexcept { take(o); }
     registered_file& operator=(registered_file&& o) noexcept {
         if (this != &o) {
             release();
-            ctx = std::exchange(o.ctx, nullptr);
-            slot = std::exchange(o.slot, unregistered);
-            uses = std::exchange(o.uses, 0);
+            take(o);
         }
         return *this;
     }
@@ -116,6 +113,9 @@ struct registered_file {
         release();
         slot = closed;
     }
+
+private:
+    void take(registered_file& o) noexcept;  // tells the context where the slot's owner now lives
 };
 
 enum class op_state : std::uint8_t {
