@@ -22,6 +22,8 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -36,11 +38,13 @@ struct config {
   const char* name;
   bool defer_taskrun;
   bool inline_recv;
+  bool multishot = false;  // pingpong: multishot RECV from a provided buffer ring
 };
 
 constexpr config cfg_default{"raw_uring", true, false};
 constexpr config cfg_nodt{"raw_uring_nodt", false, false};
 constexpr config cfg_inline{"raw_uring_inline", true, true};
+constexpr config cfg_mshot{"raw_uring_mshot", true, false, true};
 
 struct completion {
   std::uint64_t user_data;
@@ -113,6 +117,8 @@ class ring {
     for (unsigned i = 0; i < n; ++i) f(done[i]);
   }
 
+  io_uring* get() noexcept { return &r_; }
+
   // Submit without waiting (e.g. trailing close SQEs at the end of a slice).
   void flush() { io_uring_submit(&r_); }
 
@@ -163,6 +169,13 @@ class pingpong final : public session {
         ring_(cfg, std::min(4096U, pow2_at_least(std::max<std::size_t>(64, 2 * w.conns + 8))),
               pow2_at_least(std::max<std::size_t>(256, 4 * w.conns))) {
     for (std::size_t i = 0; i < w.conns; ++i) pairs_.push_back(make_socketpair(SOCK_STREAM));
+    if (cfg_.multishot) setup_buffers(pow2_at_least(4 * w.conns));
+  }
+  ~pingpong() override {
+    if (br_ != nullptr) {
+      io_uring_unregister_buf_ring(ring_.get(), 0);
+      std::free(br_);
+    }
   }
 
   counts run(slice& s) override {
@@ -185,19 +198,30 @@ class pingpong final : public session {
           case recv_b: {
             if (cq.res <= 0) cq.res == 0 ? throw std::runtime_error("recv: EOF") : throw_res(cq.res, "recv");
             std::size_t& got = got_[2 * i + (o == recv_b)];
+            if (cfg_.multishot) {
+              // The data sits in a provided buffer: copy it out, give the buffer back,
+              // and re-arm only when the kernel ended the multishot request.
+              const unsigned bid = cq.flags >> IORING_CQE_BUFFER_SHIFT;
+              const std::size_t slot = 2 * i + (o == recv_b);
+              std::memcpy(in_.data() + slot * msg_ + got, bufs_.data() + bid * msg_, static_cast<std::size_t>(cq.res));
+              io_uring_buf_ring_add(br_, bufs_.data() + bid * msg_, static_cast<unsigned>(msg_),
+                                    static_cast<unsigned short>(bid), io_uring_buf_ring_mask(nbufs_), 0);
+              io_uring_buf_ring_advance(br_, 1);
+              if ((cq.flags & IORING_CQE_F_MORE) == 0) post_recv(i, o);
+            }
             got += static_cast<std::size_t>(cq.res);
             if (got < msg_) {  // partial: read the rest
-              post_recv(i, o);
+              if (!cfg_.multishot) post_recv(i, o);
               break;
             }
             got = 0;
             if (o == recv_b) {  // B echoes
               ring_.send(pairs_[i].b.get(), out_.data(), msg_, 0, ud(i, send_b), true);
-              post_recv(i, cfg_.inline_recv ? recv_a : recv_b);
+              if (!cfg_.multishot) post_recv(i, cfg_.inline_recv ? recv_a : recv_b);
             } else {  // round trip complete
               if (t0_[i] != 0) s.record_latency(slice::now_ns() - t0_[i]);
               ++c.ops;
-              if (!cfg_.inline_recv) post_recv(i, recv_a);
+              if (!cfg_.inline_recv && !cfg_.multishot) post_recv(i, recv_a);
               start(s, i);
             }
             break;
@@ -219,9 +243,34 @@ class pingpong final : public session {
   }
 
  private:
+  void setup_buffers(unsigned n) {
+    nbufs_ = std::min(n, 32768U);
+    bufs_.resize(nbufs_ * msg_);
+    void* mem = nullptr;
+    if (posix_memalign(&mem, 4096, nbufs_ * sizeof(io_uring_buf)) != 0) throw std::bad_alloc();
+    br_ = static_cast<io_uring_buf_ring*>(mem);
+    io_uring_buf_ring_init(br_);
+    io_uring_buf_reg reg{};
+    reg.ring_addr = reinterpret_cast<std::uint64_t>(br_);
+    reg.ring_entries = nbufs_;
+    reg.bgid = 0;
+    if (int rc = io_uring_register_buf_ring(ring_.get(), &reg, 0); rc < 0) throw_res(rc, "io_uring_register_buf_ring");
+    for (unsigned b = 0; b < nbufs_; ++b)
+      io_uring_buf_ring_add(br_, bufs_.data() + b * msg_, static_cast<unsigned>(msg_), static_cast<unsigned short>(b),
+                            io_uring_buf_ring_mask(nbufs_), static_cast<int>(b));
+    io_uring_buf_ring_advance(br_, static_cast<int>(nbufs_));
+  }
   void post_recv(std::size_t i, op o) {
     const std::size_t slot = 2 * i + (o == recv_b);
     const int fd = o == recv_b ? pairs_[i].b.get() : pairs_[i].a.get();
+    if (cfg_.multishot) {
+      io_uring_sqe* e = ring_.sqe();
+      io_uring_prep_recv_multishot(e, fd, nullptr, 0, 0);
+      e->flags |= IOSQE_BUFFER_SELECT;
+      e->buf_group = 0;
+      e->user_data = ud(i, o);
+      return;
+    }
     ring_.recv(fd, in_.data() + slot * msg_ + got_[slot], msg_ - got_[slot], ud(i, o));
   }
   void start(slice& s, std::size_t i) {
@@ -238,6 +287,9 @@ class pingpong final : public session {
   std::vector<std::size_t> got_;
   std::vector<std::int64_t> t0_;
   std::vector<fd_pair> pairs_;
+  std::vector<char> bufs_;  // provided buffers (multishot)
+  unsigned nbufs_ = 0;
+  io_uring_buf_ring* br_ = nullptr;
   ring ring_;
   std::uint64_t seq_ = 0;
   bool started_ = false;
@@ -557,6 +609,11 @@ implementation all_kinds(const config& cfg, std::string description) {
 const registrar reg_default{all_kinds(
     cfg_default, "hand-written liburing, ring per thread, SINGLE_ISSUER|DEFER_TASKRUN, recv pre-posted")};
 const registrar reg_nodt{all_kinds(cfg_nodt, "raw_uring on a ring without SINGLE_ISSUER|DEFER_TASKRUN")};
+const registrar reg_mshot{{
+    .name = cfg_mshot.name,
+    .description = "raw_uring with multishot RECV from a provided buffer ring (copied out), pingpong kinds",
+    .factories = {{kind::pingpong, with<pingpong>(cfg_mshot)}},
+}};
 const registrar reg_inline{{
     .name = cfg_inline.name,
     .description = "raw_uring, recv submitted right after the send that feeds it (not reactive; upper bound)",
