@@ -43,8 +43,7 @@ public:
     datagram_socket() noexcept = default;
     datagram_socket(io_context& ctx, unique_fd fd) noexcept : ctx_(&ctx), fd_(std::move(fd)) {}
     datagram_socket(datagram_socket&& o) noexcept
-        : ctx_(o.ctx_), fd_(std::move(o.fd_)), bound_(std::move(o.bound_)) {
-        state_.take(o.state_);
+        : ctx_(o.ctx_), fd_(std::move(o.fd_)), state_(std::move(o.state_)), bound_(std::move(o.bound_)) {
         o.bound_.owned = false;
     }
     datagram_socket& operator=(datagram_socket&& o) noexcept {

@@ -43,9 +43,8 @@ public:
     fd_stream(io_context& ctx, unique_fd fd) noexcept : ctx_(&ctx), fd_(std::move(fd)) {}
     /// Takes over a connected stream socket (e.g. one from acceptor::accept()).
     explicit fd_stream(stream_socket&& s) noexcept : ctx_(&s.context()), fd_(s.release()) {}
-    fd_stream(fd_stream&& o) noexcept : ctx_(o.ctx_), fd_(std::move(o.fd_)), queue_(std::move(o.queue_)) {
-        state_.take(o.state_);
-    }
+    fd_stream(fd_stream&& o) noexcept
+        : ctx_(o.ctx_), fd_(std::move(o.fd_)), state_(std::move(o.state_)), queue_(std::move(o.queue_)) {}
     fd_stream& operator=(fd_stream&& o) noexcept {
         if (this != &o) {
             close();

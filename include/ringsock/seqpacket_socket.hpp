@@ -28,7 +28,8 @@ class seqpacket_socket {
 public:
     seqpacket_socket() noexcept = default;
     seqpacket_socket(io_context& ctx, unique_fd fd) noexcept : ctx_(&ctx), fd_(std::move(fd)) {}
-    seqpacket_socket(seqpacket_socket&& o) noexcept : ctx_(o.ctx_), fd_(std::move(o.fd_)) { state_.take(o.state_); }
+    seqpacket_socket(seqpacket_socket&& o) noexcept
+        : ctx_(o.ctx_), fd_(std::move(o.fd_)), state_(std::move(o.state_)) {}
     seqpacket_socket& operator=(seqpacket_socket&& o) noexcept {
         if (this != &o) {
             close();

@@ -72,7 +72,7 @@ class stream_socket {
 public:
     stream_socket() noexcept = default;
     stream_socket(io_context& ctx, unique_fd fd) noexcept : ctx_(&ctx), fd_(std::move(fd)) {}
-    stream_socket(stream_socket&& o) noexcept : ctx_(o.ctx_), fd_(std::move(o.fd_)) { state_.take(o.state_); }
+    stream_socket(stream_socket&& o) noexcept : ctx_(o.ctx_), fd_(std::move(o.fd_)), state_(std::move(o.state_)) {}
     stream_socket& operator=(stream_socket&& o) noexcept {
         if (this != &o) {
             close();

@@ -98,12 +98,14 @@ struct registered_file {
     registered_file(registered_file&& o) noexcept { take(o); }
     registered_file& operator=(registered_file&& o) noexcept {
         if (this != &o) {
-            release();
+            if (slot >= 0) release();
             take(o);
         }
         return *this;
     }
-    ~registered_file() { release(); }
+    ~registered_file() {
+        if (slot >= 0) release();
+    }
 
     bool is_closed() const noexcept { return slot == closed; }
     /// Gives the slot back: the kernel drops its reference to the socket. Synchronous.

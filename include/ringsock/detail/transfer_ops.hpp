@@ -30,8 +30,12 @@ struct socket_state {
     bool closed = false;  // set by close(): never resubmit on a descriptor number that may be reused
     registered_file file;
 
+    socket_state() noexcept = default;
     /// For a socket's move constructor/assignment: the gates stay (no operation may be
     /// in flight during a move), the rest follows the descriptor.
+    socket_state(socket_state&& o) noexcept
+        : write_broken(std::exchange(o.write_broken, false)), closed(std::exchange(o.closed, false)),
+          file(std::move(o.file)) {}
     void take(socket_state& o) noexcept {
         write_broken = std::exchange(o.write_broken, false);
         closed = std::exchange(o.closed, false);
