@@ -254,17 +254,48 @@ private:
     std::optional<accept_once> once_;
 };
 
+/// The accept awaiter for a socket type: accept_op yields stream_sockets; for other
+/// connected types the accepted descriptor is re-typed.
+template <class Socket>
+class typed_accept_op {
+public:
+    typed_accept_op(io_context& ctx, int fd, accept_engine* engine, const op_limits& lim)
+        : ctx_(&ctx), inner_(ctx, fd, engine, lim) {}
+    bool await_ready() noexcept { return inner_.await_ready(); }
+    void await_suspend(std::coroutine_handle<> h) { inner_.await_suspend(h); }
+    io_result<Socket> await_resume() noexcept {
+        auto r = inner_.await_resume();
+        if (!r) return {r.error(), r.what()};
+        return Socket(*ctx_, r->release());
+    }
+
+private:
+    io_context* ctx_;
+    accept_op inner_;
+};
+
+template <class Socket>
+struct accept_awaiter_for {
+    using type = typed_accept_op<Socket>;
+};
+template <>
+struct accept_awaiter_for<stream_socket> {
+    using type = accept_op;
+};
+
 }  // namespace detail
 
-/// A listening stream socket on a path or abstract name.
-class acceptor {
+/// A listening socket of type `Type` (SOCK_STREAM or SOCK_SEQPACKET) on a path or
+/// abstract name, accepting `Socket`s. Use the aliases acceptor and seqpacket_acceptor.
+template <class Socket, int Type>
+class basic_acceptor {
 public:
-    acceptor() noexcept = default;
-    acceptor(acceptor&& o) noexcept
+    basic_acceptor() noexcept = default;
+    basic_acceptor(basic_acceptor&& o) noexcept
         : ctx_(o.ctx_), fd_(std::move(o.fd_)), engine_(std::move(o.engine_)), bound_(std::move(o.bound_)) {
         o.bound_.owned = false;
     }
-    acceptor& operator=(acceptor&& o) noexcept {
+    basic_acceptor& operator=(basic_acceptor&& o) noexcept {
         if (this != &o) {
             close();
             ctx_ = o.ctx_;
@@ -275,14 +306,14 @@ public:
         }
         return *this;
     }
-    ~acceptor() { close(); }
+    ~basic_acceptor() { close(); }
 
     /// Binds and listens. Errors: EADDRINUSE (a live server owns the path),
     /// errc::path_not_a_socket (the path is something else; left untouched),
     /// ENAMETOOLONG, EACCES, ENOENT (missing directory).
-    static io_result<acceptor> listen(io_context& ctx, const endpoint& ep, listen_options opts = {}) {
+    static io_result<basic_acceptor> listen(io_context& ctx, const endpoint& ep, listen_options opts = {}) {
         detail::bound_path bound;
-        auto fd = detail::bind_socket(SOCK_STREAM, ep, {opts.mode, opts.replace_stale}, bound);
+        auto fd = detail::bind_socket(Type, ep, {opts.mode, opts.replace_stale}, bound);
         if (!fd) return {fd.error(), fd.what()};
         if (!opts.remove_on_close) bound.owned = false;
         if (::listen(fd->get(), opts.backlog) < 0) {
@@ -290,20 +321,20 @@ public:
             bound.remove();
             return {ec, "listen"};
         }
-        return acceptor(ctx, std::move(*fd), std::move(bound));
+        return basic_acceptor(ctx, std::move(*fd), std::move(bound));
     }
 
-    /// Adopts a descriptor that is already listening (e.g. from socket activation).
-    /// Its socket file is never removed by this acceptor.
-    static acceptor adopt(io_context& ctx, unique_fd listening) {
-        return acceptor(ctx, std::move(listening), {});
+    /// Adopts a descriptor that is already listening with this socket type (e.g. from
+    /// socket activation). Its socket file is never removed by this acceptor.
+    static basic_acceptor adopt(io_context& ctx, unique_fd listening) {
+        return basic_acceptor(ctx, std::move(listening), {});
     }
 
-    /// Waits for the next connection. co_await yields io_result<stream_socket>.
+    /// Waits for the next connection. co_await yields io_result<Socket>.
     /// Errors: EMFILE/ENFILE (out of descriptors: back off and retry),
     /// operation_canceled, timed_out.
     [[nodiscard]] auto accept(op_limits lim = {}) {
-        return detail::accept_op(*ctx_, fd_.get(), engine_.get(), lim);
+        return typename detail::accept_awaiter_for<Socket>::type(*ctx_, fd_.get(), engine_.get(), lim);
     }
 
     /// Stops listening and removes the socket file if we created it and it is still
@@ -325,7 +356,7 @@ public:
     io_result<endpoint> local_endpoint() const { return ringsock::local_endpoint(fd_.get()); }
 
 private:
-    acceptor(io_context& ctx, unique_fd fd, detail::bound_path bound)
+    basic_acceptor(io_context& ctx, unique_fd fd, detail::bound_path bound)
         : ctx_(&ctx), fd_(std::move(fd)),
           engine_(std::make_unique<detail::accept_engine>(ctx, fd_.get())), bound_(std::move(bound)) {}
 
@@ -334,5 +365,8 @@ private:
     std::unique_ptr<detail::accept_engine> engine_;
     detail::bound_path bound_;
 };
+
+/// A listening stream socket on a path or abstract name.
+using acceptor = basic_acceptor<stream_socket, SOCK_STREAM>;
 
 }  // namespace ringsock
