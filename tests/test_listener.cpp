@@ -579,6 +579,58 @@ TEST_CASE("acceptor: late accepts through the shared multishot queue get every q
     CHECK(seen.size() == n);
 }
 
+// The multishot request stays armed between accepts (the next accept() then needs no
+// request), but only up to a cap: a server that stops accepting must leave the rest in
+// the kernel backlog, where its limit makes clients wait.
+TEST_CASE("acceptor: a server that stops calling accept() holds at most queue_cap connections, the rest stay in the backlog",
+          "[acceptor]") {
+    constexpr int backlog = 8;
+    constexpr std::size_t cap = ringsock::detail::accept_engine::queue_cap;
+    io_context ctx;
+    auto ep = endpoint::abstract("ringsock-test-cap-" + std::to_string(::getpid()));
+    REQUIRE(ep);
+    listen_options opts;
+    opts.backlog = backlog;
+    auto acc = acceptor::listen(ctx, *ep, opts);
+    REQUIRE(acc);
+    std::vector<unique_fd> clients;
+    clients.push_back(raw_connect(*ep));
+    auto first = ctx.sync_wait([&]() -> task<io_result<stream_socket>> { co_return co_await acc->accept(); }());
+    REQUIRE(first);  // the multishot request is armed now
+    // Connect without blocking until the kernel refuses, letting the loop run (with
+    // something to wait for) between attempts so the engine pulls connections out of
+    // the backlog.
+    auto turn = [&] {
+        ctx.sync_wait([&]() -> task<void> { (void)co_await ringsock::sleep_for(ctx, 1ms); }());
+    };
+    for (int refusals = 0; refusals < 5 && clients.size() < 1000;) {
+        unique_fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+        REQUIRE(fd);
+        if (::connect(fd.get(), ep->data(), ep->size()) == 0) {
+            clients.push_back(std::move(fd));
+            refusals = 0;
+        } else {
+            REQUIRE(errno == EAGAIN);
+            ++refusals;
+        }
+        turn();
+    }
+    const std::size_t connected = clients.size() - 1;  // after the first
+    CHECK(connected >= cap + backlog);
+    CHECK(connected <= cap + backlog + 2);
+    // Every one of them is a real connection an accept() hands over.
+    std::size_t accepted = ctx.sync_wait([&]() -> task<std::size_t> {
+        std::size_t n = 0;
+        for (std::size_t i = 0; i < connected; ++i) {
+            auto s = co_await acc->accept(2s);
+            if (!s) break;
+            ++n;
+        }
+        co_return n;
+    }());
+    CHECK(accepted == connected);
+}
+
 // accept() with a time limit is a separate single-shot ACCEPT: it must still see the
 // connections the shared multishot request (armed by an earlier accept()) queued.
 TEST_CASE("acceptor: accept with a time limit also takes connections queued by an earlier accept",

@@ -69,12 +69,12 @@ private:
     std::size_t head_ = 0;
 };
 
-/// One multishot ACCEPT feeding a queue of accepted descriptors. Armed while someone
-/// waits; hands each descriptor to the oldest waiter, or queues it (up to a cap, then
-/// it stops accepting until the queue drains, so the kernel backlog applies).
+/// One multishot ACCEPT feeding a queue of accepted descriptors. Armed by the first
+/// accept(); hands each descriptor to the oldest waiter, or queues it (up to a cap,
+/// then it stops accepting until the queue drains, so the kernel backlog applies).
 class accept_engine final : public operation {
 public:
-    static constexpr std::size_t queue_cap = 256;
+    static constexpr std::size_t queue_cap = 64;
 
     accept_engine(io_context& ctx, int fd) noexcept : operation(ctx, {}), listen_fd_(fd) {}
     ~accept_engine() override {
@@ -92,10 +92,11 @@ public:
             } else if (auto* w = static_cast<operation*>(waiters_.waiters.pop_front())) {
                 hand(w, res);
             } else {
+                // Nobody waits right now: keep it for the next accept(), which then needs
+                // no request at all. Only a full queue stops the multishot request, so a
+                // server that stops accepting leaves connections in the kernel backlog.
                 queue_.push_back(res);
-                // Nobody waits: stop the multishot request, so connections stay in the
-                // kernel backlog where a timed (single-shot) accept can also take them.
-                if (flags & IORING_CQE_F_MORE) ctx_->request_cancel(this);
+                if (queue_.size() >= queue_cap && (flags & IORING_CQE_F_MORE)) ctx_->request_cancel(this);
             }
         } else if (res != -ECANCELED || !closing_) {
             last_error_ = res;
