@@ -49,6 +49,7 @@ pkgconfig_consumer() {
     pc=$(find "$root" -name ringsock.pc -path '*pkgconfig*' 2>/dev/null | head -1)
     [ -n "$pc" ] || { echo "no ringsock.pc under $root"; return 1; }
     cp -r "$repo/tests/consumers/pkgconfig" "$work/pkgconfig"
+    cp "$repo/tests/consumers/main.cpp" "$work/main.cpp"  # the Makefile builds ../main.cpp
     PKG_CONFIG_PATH="$(dirname "$pc")" PKG_CONFIG_SYSROOT_DIR="$destdir" \
         make -C "$work/pkgconfig" ${CXX:+CXX="$CXX"} &&
         "$work/pkgconfig/app"

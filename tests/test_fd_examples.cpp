@@ -7,7 +7,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -28,93 +27,45 @@
 #include <ringsock/unique_fd.hpp>
 
 #include "support/fd_count.hpp"
+#include "support/process.hpp"
 
-extern char** environ;
 
 using namespace std::chrono_literals;
 using ringsock::unique_fd;
 
 namespace {
 
+/// The built example, or exit 77 (skipped) when it was not built.
 std::string example(const char* name) {
-    const char* root = std::getenv("RINGSOCK_BUILD_ROOT");
-    std::string p = std::string(root ? root : ".") + "/examples/" + name;
-    if (::access(p.c_str(), X_OK) != 0) {
-        std::fprintf(stderr, "test_fd_examples: %s not built; skipping\n", p.c_str());
+    std::string p = ringsock::test::example_path(name);
+    if (p.empty()) {
+        std::fprintf(stderr, "test_fd_examples: examples/%s not built; skipping\n", name);
         std::exit(77);
     }
     return p;
 }
 
-std::string on_path(const char* prog) {
-    std::string path = std::getenv("PATH") ? std::getenv("PATH") : "/usr/bin:/bin";
-    std::stringstream ss(path);
-    std::string dir;
-    while (std::getline(ss, dir, ':')) {
-        std::string p = dir + "/" + prog;
-        if (!dir.empty() && ::access(p.c_str(), X_OK) == 0) return p;
-    }
-    return {};
-}
-
-/// A program started with posix_spawn, stdout/stderr to the given files (or inherited),
-/// killed and reaped on destruction if still running.
+/// A program started with support's spawn(), stdout/stderr to the given files (or
+/// inherited), killed and reaped on destruction if still running.
 class process {
 public:
-    process(std::vector<std::string> argv, const std::string& out = {}, const std::string& err = {}) {
-        std::vector<char*> a;
-        for (auto& s : argv) a.push_back(s.data());
-        a.push_back(nullptr);
-        posix_spawn_file_actions_t fa;
-        posix_spawn_file_actions_init(&fa);
-        if (!out.empty()) posix_spawn_file_actions_addopen(&fa, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        if (!err.empty()) posix_spawn_file_actions_addopen(&fa, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        posix_spawnattr_t attr;
-        posix_spawnattr_init(&attr);
-        sigset_t none, all;
-        sigemptyset(&none);
-        sigfillset(&all);
-        posix_spawnattr_setsigmask(&attr, &none);
-        posix_spawnattr_setsigdefault(&attr, &all);
-        posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-        int rc = ::posix_spawn(&pid_, a[0], &fa, &attr, a.data(), environ);
-        posix_spawn_file_actions_destroy(&fa);
-        posix_spawnattr_destroy(&attr);
-        if (rc != 0) pid_ = -1;
+    process(const std::vector<std::string>& argv, const std::string& out = {}, const std::string& err = {}) {
+        unique_fd o = open_output(out), e = open_output(err);
+        guard_.pid = ringsock::test::spawn(argv, {}, {}, o.get(), e.get());
     }
-    process(const process&) = delete;
-    process& operator=(const process&) = delete;
-    ~process() {
-        if (pid_ > 0) {
-            ::kill(pid_, SIGKILL);
-            int st;
-            ::waitpid(pid_, &st, 0);
-        }
+    pid_t pid() const { return guard_.pid; }
+    void signal(int sig) {
+        if (guard_.pid > 0) ::kill(guard_.pid, sig);
     }
-    pid_t pid() const { return pid_; }
-    void signal(int sig) { ::kill(pid_, sig); }
     /// Exit code, or -1 (killed by a signal, or still running after `limit`: then killed).
-    int wait(std::chrono::milliseconds limit = 30s) {
-        auto deadline = std::chrono::steady_clock::now() + limit;
-        for (;;) {
-            int st = 0;
-            pid_t r = ::waitpid(pid_, &st, WNOHANG);
-            if (r == pid_) {
-                pid_ = -1;
-                return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-            }
-            if (r < 0 || std::chrono::steady_clock::now() > deadline) {
-                ::kill(pid_, SIGKILL);
-                ::waitpid(pid_, &st, 0);
-                pid_ = -1;
-                return -1;
-            }
-            std::this_thread::sleep_for(2ms);
-        }
-    }
+    int wait(std::chrono::milliseconds limit = 30s) { return guard_.wait_code(limit); }
 
 private:
-    pid_t pid_ = -1;
+    static unique_fd open_output(const std::string& path) {
+        if (path.empty()) return unique_fd();
+        return unique_fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    }
+    ringsock::test::child_guard guard_;
 };
 
 std::string slurp(const std::string& path) {
@@ -191,7 +142,7 @@ struct fd_server_proc {
 };
 
 std::string python() {
-    std::string py = on_path("python3");
+    std::string py = ringsock::test::find_program("python3");
     return py;
 }
 
@@ -467,7 +418,7 @@ TEST_CASE("fd_examples: SIGTERM and SIGINT make fd_server and log_server exit 0 
 }
 
 TEST_CASE("fd_examples: log_server prints each logger -u message as one line with the sender's pid and uid", "[fd_examples]") {
-    const std::string logger = on_path("logger");
+    const std::string logger = ringsock::test::find_program("logger");
     if (logger.empty()) {
         WARN("logger (util-linux) not found");
         return;

@@ -22,6 +22,8 @@
 #include <type_traits>
 #include <utility>
 
+#include "support/leak_guard.hpp"
+
 namespace {
 
 using namespace std::chrono_literals;
@@ -111,6 +113,7 @@ task<void> write_later(io_context& ctx, stream_socket& peer, std::chrono::millis
 }  // namespace
 
 TEST_CASE("op_limits: constructors set the stop token, the time limit, or both", "[op_limits]") {
+    const ringsock::test::fd_leak_guard no_leak;
     op_limits none;
     REQUIRE_FALSE(none.stop.stop_possible());
     REQUIRE_FALSE(none.timeout.has_value());
@@ -132,6 +135,7 @@ TEST_CASE("op_limits: constructors set the stop token, the time limit, or both",
 
 TEST_CASE("op_limits: 1000 co_awaits with temporary {token, timeout} limits leave the source intact",
           "[op_limits][gcc12]") {
+    const ringsock::test::fd_leak_guard no_leak;
     io_context ctx;
     auto [s, peer] = stream_socket::pair(ctx).value();
     std::stop_source source;
@@ -146,6 +150,7 @@ TEST_CASE("op_limits: 1000 co_awaits with temporary {token, timeout} limits leav
 }
 
 TEST_CASE("op_limits: 1000 co_awaits with a temporary token or a duration alone", "[op_limits][gcc12]") {
+    const ringsock::test::fd_leak_guard no_leak;
     io_context ctx;
     auto [s, peer] = stream_socket::pair(ctx).value();
     std::stop_source source;
@@ -157,6 +162,7 @@ TEST_CASE("op_limits: 1000 co_awaits with a temporary token or a duration alone"
 }
 
 TEST_CASE("op_limits: temporary limits on reads that time out leave the source intact", "[op_limits][gcc12]") {
+    const ringsock::test::fd_leak_guard no_leak;
     io_context ctx;
     auto [s, peer] = stream_socket::pair(ctx).value();
     std::stop_source source;
@@ -174,6 +180,7 @@ TEST_CASE("op_limits: temporary limits on reads that time out leave the source i
 
 TEST_CASE("op_limits: a token stopped before the call completes at once without submitting",
           "[op_limits]") {
+    const ringsock::test::fd_leak_guard no_leak;
     io_context ctx;
     auto [s, peer] = stream_socket::pair(ctx).value();
     std::stop_source source;
@@ -205,6 +212,7 @@ TEST_CASE("op_limits: a token stopped before the call completes at once without 
 }
 
 TEST_CASE("op_limits: a time limit on a silent read gives timed_out", "[op_limits]") {
+    const ringsock::test::fd_leak_guard no_leak;
     io_context ctx;
     auto [s, peer] = stream_socket::pair(ctx).value();
     std::array<char, 4> buf{};
@@ -222,6 +230,7 @@ TEST_CASE("op_limits: a time limit on a silent read gives timed_out", "[op_limit
 
 TEST_CASE("op_limits: a stop request from the loop thread mid-flight gives operation_canceled",
           "[op_limits]") {
+    const ringsock::test::fd_leak_guard no_leak;
     io_context ctx;
     auto [s, peer] = stream_socket::pair(ctx).value();
     std::array<char, 4> buf{};
@@ -261,6 +270,7 @@ TEST_CASE("op_limits: a stop request from the loop thread mid-flight gives opera
 }
 
 TEST_CASE("op_limits: a stop request from another thread cancels an operation in flight", "[op_limits]") {
+    const ringsock::test::fd_leak_guard no_leak;
     io_context ctx;
     auto [s, peer] = stream_socket::pair(ctx).value();
     std::array<char, 4> buf{};
@@ -278,6 +288,7 @@ TEST_CASE("op_limits: a stop request from another thread cancels an operation in
 }
 
 TEST_CASE("op_limits: a read that has data returns it even with a long time limit", "[op_limits]") {
+    const ringsock::test::fd_leak_guard no_leak;
     io_context ctx;
     auto [s, peer] = stream_socket::pair(ctx).value();
     std::array<char, 8> buf{};

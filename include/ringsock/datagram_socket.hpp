@@ -14,6 +14,7 @@
 #include "buffer.hpp"
 #include "credentials.hpp"
 #include "detail/message_ops.hpp"
+#include "detail/message_socket.hpp"
 #include "detail/socket_file.hpp"
 #include "endpoint.hpp"
 #include "fd_passing.hpp"
@@ -37,21 +38,19 @@ struct datagram_options {
 
 /// A datagram socket: bound (a server), unbound (a client), connected or not. Not
 /// copyable; movable only while no operation is in flight on it. At most one send and
-/// one receive run at a time; further ones queue in order.
-class datagram_socket {
+/// one receive run at a time; further ones queue in order. A full receiver makes a
+/// send wait (never EAGAIN): give it a time limit if that matters.
+class datagram_socket : public detail::message_socket_base {
 public:
     datagram_socket() noexcept = default;
-    datagram_socket(io_context& ctx, unique_fd fd) noexcept : ctx_(&ctx), fd_(std::move(fd)) {}
-    datagram_socket(datagram_socket&& o) noexcept
-        : ctx_(o.ctx_), fd_(std::move(o.fd_)), state_(std::move(o.state_)), bound_(std::move(o.bound_)) {
+    datagram_socket(io_context& ctx, unique_fd fd) noexcept : message_socket_base(ctx, std::move(fd)) {}
+    datagram_socket(datagram_socket&& o) noexcept : message_socket_base(std::move(o)), bound_(std::move(o.bound_)) {
         o.bound_.owned = false;
     }
     datagram_socket& operator=(datagram_socket&& o) noexcept {
         if (this != &o) {
-            close();
-            ctx_ = o.ctx_;
-            fd_ = std::move(o.fd_);
-            state_.take(o.state_);
+            close();  // ours: the file first
+            message_socket_base::operator=(std::move(o));
             bound_ = std::move(o.bound_);
             o.bound_.owned = false;
         }
@@ -81,9 +80,9 @@ public:
 
     /// A connected pair (socketpair). Errors: EMFILE, ENFILE.
     static io_result<std::pair<datagram_socket, datagram_socket>> pair(io_context& ctx) {
-        int sv[2];
-        if (::socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv) < 0) return {detail::last_error(), "socketpair"};
-        return std::pair{datagram_socket(ctx, unique_fd(sv[0])), datagram_socket(ctx, unique_fd(sv[1]))};
+        auto p = detail::socket_pair(SOCK_DGRAM);
+        if (!p) return {p.error(), p.what()};
+        return std::pair{datagram_socket(ctx, std::move(p->first)), datagram_socket(ctx, std::move(p->second))};
     }
 
     /// Sets the default destination, and accepts datagrams only from it. Synchronous:
@@ -94,27 +93,11 @@ public:
         return {};
     }
 
-    /// Sends one datagram to the connected peer. co_await yields io_result<std::size_t>.
-    /// Errors: EMSGSIZE (too large), ENOTCONN, ECONNREFUSED (the peer went away). A full
-    /// receiver makes the send wait (never EAGAIN): give it a time limit if that matters.
-    template <readable_bytes B>
-    [[nodiscard]] auto send(const B& buf, op_limits lim = {}) {
-        auto bytes = as_bytes(buf);
-        return detail::transfer_op(*ctx_, fd_.get(), &state_, const_cast<std::byte*>(bytes.data()), bytes.size(),
-                                   detail::transfer_op::kind::send_message, lim);
-    }
     /// Sends one datagram to `to`. Errors: ECONNREFUSED (nobody bound there, or not a
     /// datagram socket), ENOENT, EACCES, EMSGSIZE.
     template <readable_bytes B>
     [[nodiscard]] auto send_to(const B& buf, const endpoint& to, op_limits lim = {}) {
         return send_fds_to(buf, borrowed_fds{}, to, lim);
-    }
-    /// Sends one datagram carrying `fds` (which stay ours) to the connected peer.
-    /// Errors (nothing sent): errc::too_many_fds (over 253), EBADF.
-    template <readable_bytes B>
-    [[nodiscard]] auto send_fds(const B& buf, borrowed_fds fds, op_limits lim = {}) {
-        return detail::send_msg_op(*ctx_, fd_.get(), &state_, as_bytes(buf), fds, nullptr,
-                                   detail::send_msg_op::kind::message, "send", lim);
     }
     /// send_fds to `to`.
     template <readable_bytes B>
@@ -123,20 +106,6 @@ public:
                                    detail::send_msg_op::kind::message, "send_to", lim);
     }
 
-    /// Receives one datagram. co_await yields io_result<received_message> with bytes,
-    /// descriptors and (with pass_credentials) the sender's credentials. Errors:
-    ///  - errc::message_truncated: longer than `buf`; the part that fit is in
-    ///    partial_value() (full_size is the real length); the rest is gone.
-    ///  - errc::fds_truncated: more than `max_fds` descriptors came (or MSG_CTRUNC); all
-    ///    of them were closed; the bytes are in partial_value().
-    template <writable_bytes B>
-    [[nodiscard]] auto receive(B&& buf, op_limits lim = {}) {
-        return recv(as_writable_bytes(buf), max_fds_per_message, false, "receive", lim);
-    }
-    template <writable_bytes B>
-    [[nodiscard]] auto receive(B&& buf, std::size_t max_fds, op_limits lim = {}) {
-        return recv(as_writable_bytes(buf), max_fds, false, "receive", lim);
-    }
     /// receive() that also reports the sender's address in received_message::sender:
     /// unnamed when the sender is not bound (e.g. logger(1), or a datagram_socket::open()).
     template <writable_bytes B>
@@ -148,50 +117,22 @@ public:
         return recv(as_writable_bytes(buf), max_fds, true, "receive_from", lim);
     }
 
-    /// Receives one message's bytes and nothing else: co_await yields
-    /// io_result<std::size_t>. A plain recv, cheaper than receive() (no msghdr, no
-    /// control buffer): for protocols that never pass descriptors. Descriptors or
-    /// credentials attached to the message are released by the kernel, never
-    /// installed in this process. Errors: errc::message_truncated (the message was
-    /// longer than `buf`; partial_value() bytes were kept, the rest is gone).
-    template <writable_bytes B>
-    [[nodiscard]] auto receive_bytes(B&& buf, op_limits lim = {}) {
-        auto bytes = as_writable_bytes(buf);
-        return detail::transfer_op(*ctx_, fd_.get(), &state_, bytes.data(), bytes.size(),
-                                   detail::transfer_op::kind::recv_message, lim);
-    }
-
     /// Cancels operations in flight, closes the socket, and removes its socket file if
     /// bind() created it and it is still ours. Keep the object alive until the cancelled
     /// operations have resumed (with operation_canceled).
     void close() noexcept {
         bound_.remove();  // the name first, so a successor's socket is never unlinked
-        detail::close_socket(ctx_, fd_, state_);
+        message_socket_base::close();
     }
 
-    bool is_open() const noexcept { return fd_.valid(); }
-    int native_handle() const noexcept { return fd_.get(); }
-    io_context& context() const noexcept { return *ctx_; }
     /// Gives up the descriptor; the socket becomes closed and its file is no longer
     /// removed by this object.
     unique_fd release() noexcept {
         bound_.owned = false;
-        return detail::release_socket(fd_, state_);
+        return message_socket_base::release();
     }
-
-    io_result<endpoint> local_endpoint() const { return ringsock::local_endpoint(fd_.get()); }
-    io_result<endpoint> remote_endpoint() const { return ringsock::remote_endpoint(fd_.get()); }
 
 private:
-    detail::message_awaiter recv(std::span<std::byte> s, std::size_t max_fds, bool sender, const char* what,
-                                 const op_limits& lim) noexcept {
-        return detail::message_awaiter(*ctx_, fd_.get(), &state_, s, detail::recv_msg_op::kind::message, nullptr,
-                                       max_fds, sender, what, lim);
-    }
-
-    io_context* ctx_ = nullptr;
-    unique_fd fd_;
-    detail::socket_state state_;
     detail::bound_path bound_;
 };
 

@@ -32,35 +32,24 @@ namespace ringsock {
 
 /// A connected stream socket that can send and receive descriptors. Not copyable;
 /// movable only while no operation is in flight on it. At most one read and one write
-/// run at a time; further ones queue in order. Destroying it closes the socket and
-/// every descriptor still queued.
-class fd_stream {
+/// run at a time; further ones queue in order. close() and release() leave queued
+/// descriptors in place until taken; destroying it closes the socket and every
+/// descriptor still queued.
+class fd_stream : public detail::socket_base {
 public:
     /// Queued descriptors allowed by default before reads report errc::fds_truncated.
     static constexpr std::size_t default_fd_limit = 1024;
 
     fd_stream() noexcept = default;
-    fd_stream(io_context& ctx, unique_fd fd) noexcept : ctx_(&ctx), fd_(std::move(fd)) {}
+    fd_stream(io_context& ctx, unique_fd fd) noexcept : socket_base(ctx, std::move(fd)) {}
     /// Takes over a connected stream socket (e.g. one from acceptor::accept()).
-    explicit fd_stream(stream_socket&& s) noexcept : ctx_(&s.context()), fd_(s.release()) {}
-    fd_stream(fd_stream&& o) noexcept
-        : ctx_(o.ctx_), fd_(std::move(o.fd_)), state_(std::move(o.state_)), queue_(std::move(o.queue_)) {}
-    fd_stream& operator=(fd_stream&& o) noexcept {
-        if (this != &o) {
-            close();
-            ctx_ = o.ctx_;
-            fd_ = std::move(o.fd_);
-            queue_ = std::move(o.queue_);
-            state_.take(o.state_);
-        }
-        return *this;
-    }
+    explicit fd_stream(stream_socket&& s) noexcept : socket_base(s.context(), s.release()) {}
 
     /// A connected pair (socketpair). Errors: EMFILE, ENFILE.
     static io_result<std::pair<fd_stream, fd_stream>> pair(io_context& ctx) {
-        int sv[2];
-        if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) return {detail::last_error(), "socketpair"};
-        return std::pair{fd_stream(ctx, unique_fd(sv[0])), fd_stream(ctx, unique_fd(sv[1]))};
+        auto p = detail::socket_pair(SOCK_STREAM);
+        if (!p) return {p.error(), p.what()};
+        return std::pair{fd_stream(ctx, std::move(p->first)), fd_stream(ctx, std::move(p->second))};
     }
 
     /// Connects to `ep`. co_await yields io_result<fd_stream>.
@@ -136,25 +125,6 @@ public:
     void set_fd_limit(std::size_t n) noexcept { queue_.limit = n; }
     std::size_t fd_limit() const noexcept { return queue_.limit; }
 
-    /// Shuts down one or both directions (synchronous: it never blocks).
-    io_result<void> shutdown(shutdown_how how = shutdown_how::send) noexcept {
-        if (::shutdown(fd_.get(), static_cast<int>(how)) < 0) return {detail::last_error(), "shutdown"};
-        return {};
-    }
-    /// Cancels operations in flight and closes the socket (queued descriptors stay
-    /// until taken or the object is destroyed). Keep the object alive until the
-    /// cancelled operations have resumed.
-    void close() noexcept { detail::close_socket(ctx_, fd_, state_); }
-
-    bool is_open() const noexcept { return fd_.valid(); }
-    int native_handle() const noexcept { return fd_.get(); }
-    io_context& context() const noexcept { return *ctx_; }
-    /// Gives up the descriptor; the socket becomes closed. Queued descriptors stay.
-    unique_fd release() noexcept { return detail::release_socket(fd_, state_); }
-
-    io_result<endpoint> local_endpoint() const { return ringsock::local_endpoint(fd_.get()); }
-    io_result<endpoint> remote_endpoint() const { return ringsock::remote_endpoint(fd_.get()); }
-
 private:
     detail::stream_read_awaiter read(std::span<std::byte> s, detail::recv_msg_op::kind k, const char* what,
                                      const op_limits& lim) noexcept {
@@ -162,9 +132,6 @@ private:
                                            lim);
     }
 
-    io_context* ctx_ = nullptr;
-    unique_fd fd_;
-    detail::socket_state state_;
     detail::fd_queue queue_{{}, default_fd_limit, {}};
 };
 

@@ -13,6 +13,7 @@
 
 #include "buffer.hpp"
 #include "detail/errno.hpp"
+#include "detail/socket_base.hpp"
 #include "detail/transfer_ops.hpp"
 #include "endpoint.hpp"
 #include "io_context.hpp"
@@ -21,8 +22,6 @@
 #include "unique_fd.hpp"
 
 namespace ringsock {
-
-enum class shutdown_how { receive = SHUT_RD, send = SHUT_WR, both = SHUT_RDWR };
 
 class stream_socket;
 
@@ -68,27 +67,16 @@ private:
 /// flight on it. At most one read and one write run at a time: further ones queue in
 /// order. Destroy or close it only when no operation is in flight (close() cancels
 /// them, but their coroutines must still resume before the socket is destroyed).
-class stream_socket {
+class stream_socket : public detail::socket_base {
 public:
     stream_socket() noexcept = default;
-    stream_socket(io_context& ctx, unique_fd fd) noexcept : ctx_(&ctx), fd_(std::move(fd)) {}
-    stream_socket(stream_socket&& o) noexcept : ctx_(o.ctx_), fd_(std::move(o.fd_)), state_(std::move(o.state_)) {}
-    stream_socket& operator=(stream_socket&& o) noexcept {
-        if (this != &o) {
-            close();
-            ctx_ = o.ctx_;
-            fd_ = std::move(o.fd_);
-            state_.take(o.state_);
-        }
-        return *this;
-    }
+    stream_socket(io_context& ctx, unique_fd fd) noexcept : socket_base(ctx, std::move(fd)) {}
 
     /// A connected pair (socketpair). Errors: EMFILE, ENFILE.
     static io_result<std::pair<stream_socket, stream_socket>> pair(io_context& ctx) {
-        int sv[2];
-        if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
-            return {detail::last_error(), "socketpair"};
-        return std::pair{stream_socket(ctx, unique_fd(sv[0])), stream_socket(ctx, unique_fd(sv[1]))};
+        auto p = detail::socket_pair(SOCK_STREAM);
+        if (!p) return {p.error(), p.what()};
+        return std::pair{stream_socket(ctx, std::move(p->first)), stream_socket(ctx, std::move(p->second))};
     }
 
     /// Connects to `ep`. co_await yields io_result<stream_socket>.
@@ -141,25 +129,6 @@ public:
         return vop(iov, detail::vectored_op::kind::send_all, lim);
     }
 
-    /// Shuts down one or both directions (synchronous: it never blocks).
-    io_result<void> shutdown(shutdown_how how = shutdown_how::send) noexcept {
-        if (::shutdown(fd_.get(), static_cast<int>(how)) < 0) return {detail::last_error(), "shutdown"};
-        return {};
-    }
-
-    /// Cancels operations in flight on this socket and closes it. The cancelled
-    /// operations resume later with operation_canceled; keep the object alive until then.
-    void close() noexcept { detail::close_socket(ctx_, fd_, state_); }
-
-    bool is_open() const noexcept { return fd_.valid(); }
-    int native_handle() const noexcept { return fd_.get(); }
-    io_context& context() const noexcept { return *ctx_; }
-    /// Gives up the descriptor; the socket becomes closed.
-    unique_fd release() noexcept { return detail::release_socket(fd_, state_); }
-
-    io_result<endpoint> local_endpoint() const { return ringsock::local_endpoint(fd_.get()); }
-    io_result<endpoint> remote_endpoint() const { return ringsock::remote_endpoint(fd_.get()); }
-
 private:
     detail::transfer_op op(std::byte* p, std::size_t n, detail::transfer_op::kind k, const op_limits& lim) noexcept {
         return detail::transfer_op(*ctx_, fd_.get(), &state_, p, n, k, lim);
@@ -167,10 +136,6 @@ private:
     detail::vectored_op vop(std::span<const iovec> iov, detail::vectored_op::kind k, const op_limits& lim) {
         return detail::vectored_op(*ctx_, fd_.get(), &state_, iov, k, lim);
     }
-
-    io_context* ctx_ = nullptr;
-    unique_fd fd_;
-    detail::socket_state state_;
 };
 
 }  // namespace ringsock

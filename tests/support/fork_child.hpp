@@ -16,6 +16,8 @@
 #include <thread>
 #include <utility>
 
+#include "process.hpp"
+
 namespace ringsock::test {
 
 /// A forked child running `fn` (returning its exit code). Killed and reaped on
@@ -24,9 +26,9 @@ class child_process {
 public:
     template <class F>
     explicit child_process(F&& fn) {
-        pid_ = ::fork();
-        if (pid_ < 0) throw std::runtime_error("fork failed");
-        if (pid_ == 0) {
+        pid_t pid = ::fork();
+        if (pid < 0) throw std::runtime_error("fork failed");
+        if (pid == 0) {
             int rc = 100;
             try {
                 rc = fn();
@@ -35,42 +37,18 @@ public:
             }
             ::_exit(rc);  // no atexit handlers, no Catch2, no stdio flush of the parent's buffers
         }
+        guard_.pid = pid;
     }
     child_process(const child_process&) = delete;
     child_process& operator=(const child_process&) = delete;
-    ~child_process() {
-        if (pid_ > 0) {
-            ::kill(pid_, SIGKILL);
-            int st = 0;
-            ::waitpid(pid_, &st, 0);
-        }
-    }
-
-    pid_t pid() const noexcept { return pid_; }
+    pid_t pid() const noexcept { return guard_.pid; }
 
     /// Waits (at most `limit`) and returns the exit code; -1 if it was killed by a signal
     /// or did not finish in time (it is then killed).
-    int wait(std::chrono::milliseconds limit = std::chrono::seconds(30)) {
-        auto deadline = std::chrono::steady_clock::now() + limit;
-        for (;;) {
-            int st = 0;
-            pid_t r = ::waitpid(pid_, &st, WNOHANG);
-            if (r == pid_) {
-                pid_ = -1;
-                return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-            }
-            if (r < 0 || std::chrono::steady_clock::now() > deadline) {
-                ::kill(pid_, SIGKILL);
-                ::waitpid(pid_, &st, 0);
-                pid_ = -1;
-                return -1;
-            }
-            std::this_thread::sleep_for(std::chrono::milliseconds(2));
-        }
-    }
+    int wait(std::chrono::milliseconds limit = std::chrono::seconds(30)) { return guard_.wait_code(limit); }
 
 private:
-    pid_t pid_ = -1;
+    child_guard guard_;  // kills and reaps it if the test ends first
 };
 
 inline bool has_cloexec(int fd) {

@@ -54,9 +54,10 @@ inline std::string find_program(const char* prog) {
 
 /// Starts argv[0] (a path) with the current environment plus `extra_env` ("NAME=value",
 /// overriding) minus `remove_env` names, with an empty signal mask and default signal
-/// dispositions. `stdout_fd`, if >= 0, becomes the child's standard output.
+/// dispositions. `stdout_fd` and `stderr_fd`, if >= 0, become the child's standard
+/// output and error.
 inline pid_t spawn(const std::vector<std::string>& argv, const std::vector<std::string>& extra_env = {},
-                   const std::vector<std::string>& remove_env = {}, int stdout_fd = -1) {
+                   const std::vector<std::string>& remove_env = {}, int stdout_fd = -1, int stderr_fd = -1) {
     std::vector<std::string> env;
     for (char** e = environ; *e; ++e) {
         std::string kv(*e);
@@ -84,6 +85,7 @@ inline pid_t spawn(const std::vector<std::string>& argv, const std::vector<std::
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     if (stdout_fd >= 0) posix_spawn_file_actions_adddup2(&fa, stdout_fd, STDOUT_FILENO);
+    if (stderr_fd >= 0) posix_spawn_file_actions_adddup2(&fa, stderr_fd, STDERR_FILENO);
     pid_t pid = -1;
     int rc = ::posix_spawn(&pid, cargv[0], &fa, &attr, cargv.data(), cenv.data());
     posix_spawn_file_actions_destroy(&fa);
@@ -124,6 +126,11 @@ struct child_guard {
         auto st = wait_exit(pid, limit);
         pid = -1;
         return st;
+    }
+    /// wait(), as an exit code: -1 if killed by a signal or not finished in time.
+    int wait_code(std::chrono::milliseconds limit) {
+        auto st = wait(limit);
+        return st && WIFEXITED(*st) ? WEXITSTATUS(*st) : -1;
     }
 };
 

@@ -105,6 +105,8 @@ basic_control<Fd> parse_control(std::span<const std::byte> control, int msg_flag
     basic_control<Fd> out;
     out.fds = std::move(reuse);
     out.fds.clear();
+    // The common case, no control message at all: nothing to own, count or parse.
+    if (control.empty() && !(msg_flags & MSG_CTRUNC)) return out;
     // Count first, so one allocation suffices and wrapping can never fail half-way.
     std::size_t count = 0;
     out.malformed = !for_each_cmsg(control, [&](int level, int type, std::span<const std::byte> p) {

@@ -196,13 +196,9 @@ public:
         // Own whatever arrived before anything else happens.
         std::size_t clen = std::min<std::size_t>(msg_.msg_controllen, ctrl_.size());
         if (msg_.msg_control == nullptr) clen = 0;
-        // The common case on message sockets, no control message at all: nothing to parse.
         // Stream reads parse into the queue's scratch vector: no allocation per read.
-        parsed_control c = kind_ == kind::message && clen == 0 && !(msg_.msg_flags & MSG_CTRUNC)
-                               ? parsed_control{}
-                               : parse_control({ctrl_.data(), clen}, msg_.msg_flags, max_fds_,
-                                               kind_ == kind::message ? std::vector<unique_fd>{}
-                                                                      : std::move(queue_->scratch));
+        parsed_control c = parse_control({ctrl_.data(), clen}, msg_.msg_flags, max_fds_,
+                                         kind_ == kind::message ? std::vector<unique_fd>{} : std::move(queue_->scratch));
         // FACTS 5: io_uring leaves MSG_CMSG_CLOEXEC in msg_flags; test bits, never compare to 0.
         flags_ |= msg_.msg_flags & ~MSG_CMSG_CLOEXEC;
         if (c.error && !fd_error_) fd_error_ = c.error;

@@ -1,5 +1,6 @@
-// A tiny program that uses ringsock the way a meson-subproject consumer would: one
-// socketpair round trip through io_uring, then the version it was built against.
+// A tiny program that uses ringsock the way each consumer build (meson-subproject,
+// pkgconfig, cmake: RINGSOCK_CONSUMER names it) would: one socketpair round trip
+// through io_uring, then the version it was built against.
 #include <ringsock/ringsock.hpp>
 
 #include <dirent.h>
@@ -34,6 +35,6 @@ int main() {
     std::size_t n = round_trip();
     int fds_after = open_fds();
     if (fds_after != fds_before) std::printf("leaked %d descriptor(s)\n", fds_after - fds_before);
-    std::printf("meson-subproject consumer: read %zu bytes with ringsock %s\n", n, RINGSOCK_VERSION_STRING);
+    std::printf("%s consumer: read %zu bytes with ringsock %s\n", RINGSOCK_CONSUMER, n, RINGSOCK_VERSION_STRING);
     return n == 4 && fds_after == fds_before && RINGSOCK_VERSION >= 100 ? 0 : 1;
 }
