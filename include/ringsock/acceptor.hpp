@@ -77,7 +77,7 @@ public:
     static constexpr std::size_t queue_cap = 64;
 
     accept_engine(io_context& ctx, int fd) noexcept : operation(ctx, {}), listen_fd_(fd) {}
-    ~accept_engine() override {
+    ~accept_engine() {
         shut();  // queued descriptors are closed by queue_'s destructor
     }
 
@@ -138,25 +138,30 @@ private:
     void hand(operation* w, int res) noexcept;
 
     int listen_fd_;
-    op_gate waiters_{true, {}};  // always "busy": accept waiters queue here
+    op_gate waiters_{true, nullptr, {}};  // always "busy": accept waiters queue here
     fd_fifo queue_;
     int last_error_ = 0;
     bool closing_ = false;
 };
 
-/// The awaiter of acceptor::accept() without a time limit: waits in the engine's queue.
+/// The awaiter of acceptor::accept(): waits in the engine's queue of waiters for the
+/// shared multishot ACCEPT to hand it a connection. A time limit or a stop request ends
+/// the wait in user space (the loop's deadline list), so a connection the multishot
+/// request takes is always handed to a waiter that is still there.
 class accept_wait final : public operation {
 public:
     accept_wait(io_context& ctx, accept_engine* engine, const op_limits& lim) noexcept
         : operation(ctx, lim), engine_(engine) {
-        gate_ = engine->waiters();
+        if (engine) gate_ = engine->waiters();
     }
-    ~accept_wait() override {
+    ~accept_wait() {
         settle();
         if (handed_ && res_ >= 0) ::close(res_);  // handed over but never resumed
     }
     bool await_ready() noexcept {
-        if (!operation::await_ready()) {
+        if (!engine_) {
+            res_ = -EBADF;  // the acceptor is closed
+        } else if (!operation::await_ready()) {
             int fd = engine_->take();
             if (fd < 0) return false;
             res_ = fd;
@@ -191,77 +196,15 @@ inline void accept_engine::hand(operation* w, int res) noexcept {
     ctx_->make_ready_op(w);
 }
 
-/// accept() with a time limit: a single-shot ACCEPT linked to a timeout. It first takes
-/// a connection the shared multishot request already queued, and looks there again if
-/// its own request ends without one (the multishot may have won the race).
-class accept_once final : public operation {
-public:
-    accept_once(io_context& ctx, int fd, accept_engine* engine, const op_limits& lim) noexcept
-        : operation(ctx, lim), fd_(fd), engine_(engine) {}
-    bool await_ready() noexcept {
-        if (operation::await_ready()) return true;
-        int fd = engine_ ? engine_->take() : -1;
-        if (fd < 0) return false;
-        res_ = fd;
-        state_ = op_state::done;
-        return true;
-    }
-    ~accept_once() override {
-        settle();
-        if (unconsumed_ && res_ >= 0) ::close(res_);  // accepted but never resumed
-    }
-    void prepare(io_uring_sqe* sqe) noexcept override {
-        io_uring_prep_accept(sqe, fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    }
-    void on_cqe(int res, unsigned flags) noexcept override {
-        operation::on_cqe(res, flags);
-        unconsumed_ = res >= 0;
-    }
-    io_result<stream_socket> await_resume() noexcept {
-        finish_wait();
-        unconsumed_ = false;
-        if (res_ < 0 && engine_ && !cancel_requested_) {
-            if (int fd = engine_->take(); fd >= 0) res_ = fd;
-        }
-        if (res_ < 0) return {result_error(), "accept"};
-        return stream_socket(*ctx_, unique_fd(res_));
-    }
-
-private:
-    int fd_;
-    accept_engine* engine_;
-    bool unconsumed_ = false;
-};
-
-/// Either way of accepting, chosen at the call: an awaiter that forwards to one of them.
-class accept_op {
-public:
-    accept_op(io_context& ctx, int fd, accept_engine* engine, const op_limits& lim) {
-        // After close() there is no engine: the single-shot path on fd -1 gives EBADF.
-        if (lim.timeout || !engine) once_.emplace(ctx, fd, engine, lim);
-        else wait_.emplace(ctx, engine, lim);
-    }
-    bool await_ready() noexcept { return wait_ ? wait_->await_ready() : once_->await_ready(); }
-    void await_suspend(std::coroutine_handle<> h) {
-        if (wait_) wait_->await_suspend(h);
-        else once_->await_suspend(h);
-    }
-    io_result<stream_socket> await_resume() noexcept {
-        return wait_ ? wait_->await_resume() : once_->await_resume();
-    }
-
-private:
-    std::optional<accept_wait> wait_;
-    std::optional<accept_once> once_;
-};
+using accept_op = accept_wait;
 
 /// The accept awaiter for a socket type: accept_op yields stream_sockets; for other
 /// connected types the accepted descriptor is re-typed.
 template <class Socket>
 class typed_accept_op {
 public:
-    typed_accept_op(io_context& ctx, int fd, accept_engine* engine, const op_limits& lim)
-        : ctx_(&ctx), inner_(ctx, fd, engine, lim) {}
+    typed_accept_op(io_context& ctx, accept_engine* engine, const op_limits& lim)
+        : ctx_(&ctx), inner_(ctx, engine, lim) {}
     bool await_ready() noexcept { return inner_.await_ready(); }
     void await_suspend(std::coroutine_handle<> h) { inner_.await_suspend(h); }
     io_result<Socket> await_resume() noexcept {
@@ -335,7 +278,7 @@ public:
     /// Errors: EMFILE/ENFILE (out of descriptors: back off and retry),
     /// operation_canceled, timed_out.
     [[nodiscard]] auto accept(op_limits lim = {}) {
-        return typename detail::accept_awaiter_for<Socket>::type(*ctx_, fd_.get(), engine_.get(), lim);
+        return typename detail::accept_awaiter_for<Socket>::type(*ctx_, engine_.get(), lim);
     }
 
     /// Stops listening and removes the socket file if we created it and it is still

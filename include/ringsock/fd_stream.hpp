@@ -31,7 +31,7 @@
 namespace ringsock {
 
 /// A connected stream socket that can send and receive descriptors. Not copyable;
-/// movable only while no operation is in flight on it. At most one read and one write
+/// movable (operations in flight follow it). At most one read and one write
 /// run at a time; further ones queue in order. close() and release() leave queued
 /// descriptors in place until taken; destroying it closes the socket and every
 /// descriptor still queued.
@@ -40,10 +40,24 @@ public:
     /// Queued descriptors allowed by default before reads report errc::fds_truncated.
     static constexpr std::size_t default_fd_limit = 1024;
 
-    fd_stream() noexcept = default;
-    fd_stream(io_context& ctx, unique_fd fd) noexcept : socket_base(ctx, std::move(fd)) {}
+    fd_stream() noexcept { state_.set_fd_queue(&queue_); }
+    fd_stream(io_context& ctx, unique_fd fd) noexcept : socket_base(ctx, std::move(fd)) { state_.set_fd_queue(&queue_); }
     /// Takes over a connected stream socket (e.g. one from acceptor::accept()).
-    explicit fd_stream(stream_socket&& s) noexcept : socket_base(s.context(), s.release()) {}
+    explicit fd_stream(stream_socket&& s) noexcept : socket_base(s.context(), s.release()) {
+        state_.set_fd_queue(&queue_);
+    }
+    fd_stream(fd_stream&& o) noexcept : socket_base(std::move(o)), queue_(std::move(o.queue_)) {
+        state_.set_fd_queue(&queue_);
+    }
+    fd_stream& operator=(fd_stream&& o) noexcept {
+        if (this != &o) {
+            socket_base::operator=(std::move(o));
+            queue_ = std::move(o.queue_);
+        }
+        return *this;
+    }
+    // TRICKY: close before queue_ dies, so no operation still reaches it.
+    ~fd_stream() { close(); }
 
     /// A connected pair (socketpair). Errors: EMFILE, ENFILE.
     static io_result<std::pair<fd_stream, fd_stream>> pair(io_context& ctx) {
@@ -79,7 +93,7 @@ public:
     [[nodiscard]] auto receive(B&& buf, op_limits lim = {}) {
         auto s = as_writable_bytes(buf);
         return detail::message_awaiter(*ctx_, fd_.get(), &state_, s, detail::recv_msg_op::kind::stream_receive,
-                                       &queue_, detail::scm_max_fd, false, "receive", lim);
+                                       detail::scm_max_fd, false, "receive", lim);
     }
 
     /// Sends at least one byte (fewer than asked if the socket buffer is full).
@@ -128,8 +142,7 @@ public:
 private:
     detail::stream_read_awaiter read(std::span<std::byte> s, detail::recv_msg_op::kind k, const char* what,
                                      const op_limits& lim) noexcept {
-        return detail::stream_read_awaiter(*ctx_, fd_.get(), &state_, s, k, &queue_, detail::scm_max_fd, false, what,
-                                           lim);
+        return detail::stream_read_awaiter(*ctx_, fd_.get(), &state_, s, k, detail::scm_max_fd, false, what, lim);
     }
 
     detail::fd_queue queue_{{}, default_fd_limit, {}};

@@ -21,6 +21,8 @@
 #include <vector>
 
 #include "detail/errno.hpp"
+#include "detail/fatal.hpp"
+#include "detail/socket_state.hpp"
 #include "detail/operation.hpp"
 #include "io_result.hpp"
 #include "op_limits.hpp"
@@ -138,6 +140,7 @@ public:
     void make_ready(detail::resumable* r) noexcept { ready_.push_back(r); }
     /// Completes an operation that was waiting without an SQE (e.g. in a queue).
     void make_ready_op(detail::operation* op) noexcept {
+        unwatch_deadline(op);
         op->state_ = detail::op_state::ready;
         ready_.push_back(op);
     }
@@ -156,6 +159,10 @@ public:
     void link_detached(detail::detached_promise* p) noexcept;
     void release_gate(detail::operation* op) noexcept;
     void unlink_detached(detail::detached_promise* p) noexcept;
+    /// Operations that wait in user space (gated or pending) with a deadline: the loop
+    /// expires them itself, since the kernel's link timeout only starts at submission.
+    void watch_deadline(detail::operation* op) noexcept;
+    void unwatch_deadline(detail::operation* op) noexcept;
     /// Gives a registered-file slot back (registered_file::release).
     void release_file_slot(int slot) noexcept;
     /// A registered_file moved: its slot's owner is now `f`.
@@ -174,7 +181,11 @@ private:
     void flush_sq() noexcept;
     io_uring_sqe* get_sqe_flushing() noexcept;
     void enter(bool wait) noexcept;
+    /// Expires user-space waits whose deadline passed; returns the earliest deadline
+    /// still ahead in `next` (false if none).
+    bool expire_deadlines(__kernel_timespec& next) noexcept;
     void reap() noexcept;
+    void check_overflow() noexcept;
     void dispatch(std::uint64_t ud, int res, unsigned flags) noexcept;
     void complete(detail::operation* op) noexcept;
     bool turn(bool block, std::size_t max_resume, std::size_t& resumed);
@@ -199,10 +210,11 @@ private:
     std::size_t work_ = 0;
     unsigned poll_tick_ = 0;
     std::exception_ptr detached_error_;
+    detail::operation* deadline_head_ = nullptr;
     detail::detached_promise* detached_head_ = nullptr;
 
     unique_fd wake_fd_;
-    detail::operation* wake_op_ = nullptr;
+    wake_op* wake_op_ = nullptr;
     std::atomic<bool> remote_flag_{false};
     std::mutex remote_mu_;
     std::vector<detail::operation*> remote_cancels_;
@@ -219,6 +231,7 @@ private:
 class io_context::wake_op final : public detail::operation {
 public:
     explicit wake_op(io_context& ctx) noexcept : operation(ctx, {}) {}
+    ~wake_op() { settle(); }  // the kernel writes value_
     void prepare(io_uring_sqe* sqe) noexcept override {
         io_uring_prep_read(sqe, ctx_->wake_fd_.get(), &value_, sizeof value_, 0);
     }
@@ -235,21 +248,25 @@ private:
 
 namespace detail {
 
-inline operation::~operation() { settle(); }
+inline operation::~operation() {
+    // Every concrete operation settles in its own destructor, while the members the
+    // kernel may read still exist. Reaching here unsettled is a bug in ringsock.
+    if (state_ != op_state::done && state_ != op_state::idle)
+        fatal("operation destroyed while the kernel or the loop still refers to it (missing settle())");
+}
 
 inline void operation::await_suspend(std::coroutine_handle<> h) {
     waiter_ = h;
-    if (timeout_) {
-        deadline_ = deadline_after(*timeout_);
-        has_deadline_ = true;
-    }
+    if (has_deadline_) deadline_ = deadline_after(timeout_);
     ctx_->add_work();
     if (gate_ && gate_->busy) {
         state_ = op_state::gated;
         gate_->waiters.push_back(this);
+        if (has_deadline_) ctx_->watch_deadline(this);
     } else {
         if (gate_) {
             gate_->busy = true;
+            gate_->holder = this;
             holds_gate_ = true;
         }
         ctx_->submit(this);
@@ -265,6 +282,8 @@ inline void operation::finish_wait() noexcept {
     // Destroying the callback waits for a concurrent invocation on another thread.
     stop_cb_.reset();
     if (remote_cancel_posted_.load(std::memory_order_acquire)) ctx_->purge_remote_cancel(this);
+    if (in_deadline_list_) ctx_->unwatch_deadline(this);
+    ctx_->release_gate(this);
     state_ = op_state::done;
 }
 
@@ -273,6 +292,21 @@ inline void operation::settle() noexcept {
     stop_cb_.reset();
     if (remote_cancel_posted_.load(std::memory_order_acquire)) ctx_->purge_remote_cancel(this);
     ctx_->settle(this);
+}
+
+inline void socket_state::detach_all(io_context& ctx) noexcept {
+    for (op_gate* g : {&send_gate, &recv_gate}) {
+        while (auto* r = g->waiters.front()) {
+            auto* op = static_cast<operation*>(r);
+            ctx.request_cancel(op);  // gated: leaves the list, completes as cancelled
+            op->detach_socket();
+        }
+        if (operation* op = std::exchange(g->holder, nullptr)) {
+            op->detach_socket();
+            ctx.request_cancel(op);  // pending: dropped; in flight: ASYNC_CANCEL queued
+        }
+        g->busy = false;
+    }
 }
 
 inline detached_promise::~detached_promise() {
@@ -379,8 +413,8 @@ inline void io_context::drain_all() noexcept {
         op->queued_late_ = false;
         op->res_ = -ECANCELED;
         op->state_ = detail::op_state::ready;
-        op->holds_gate_ = false;
     }
+    while (deadline_head_) unwatch_deadline(deadline_head_);
     if (inflight_ == 0) return;
     if (io_uring_sqe* sqe = get_sqe_flushing()) {
         io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
@@ -388,7 +422,8 @@ inline void io_context::drain_all() noexcept {
     }
     while (inflight_ > 0) {
         int rc = io_uring_submit_and_wait(&ring_, 1);
-        if (rc < 0 && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN) break;
+        if (!detail::enter_error_is_transient(rc)) detail::fatal("io_uring_enter (draining the ring)", -rc);
+        check_overflow();
         reap();
         for (auto* op : cancel_backlog_) request_cancel(op);
         cancel_backlog_.clear();
@@ -506,6 +541,8 @@ inline bool io_context::turn(bool block, std::size_t max_resume, std::size_t& re
     if (remote_flag_.load(std::memory_order_acquire)) process_remote();
     flush_pending();
     flush_late();
+    __kernel_timespec next_deadline{};
+    const bool has_deadline = deadline_head_ && expire_deadlines(next_deadline);
     if (ready_.empty()) {
         if (work_ == 0) {
             // Nothing can resume; still hand queued SQEs (cancels) to the kernel.
@@ -517,7 +554,20 @@ inline bool io_context::turn(bool block, std::size_t max_resume, std::size_t& re
         // queued behind the cap: waiting now would deadlock. With nothing ready, submit
         // past the cap; NODROP keeps any CQ overflow in the kernel and reap() drains it.
         if (!pending_.empty()) flush_pending(true);
-        enter(block);
+        if (block && has_deadline) {
+            // Wake for the earliest deadline of an operation still waiting in user space.
+            timespec now{};
+            ::clock_gettime(CLOCK_MONOTONIC, &now);
+            long long ns = (next_deadline.tv_sec - now.tv_sec) * 1'000'000'000LL + (next_deadline.tv_nsec - now.tv_nsec);
+            if (ns < 0) ns = 0;
+            __kernel_timespec rel{ns / 1'000'000'000, ns % 1'000'000'000};
+            io_uring_cqe* cqe = nullptr;
+            int rc = io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &rel, nullptr);
+            if (!detail::enter_error_is_transient(rc)) detail::fatal("io_uring_enter (wait with timeout)", -rc);
+            check_overflow();
+        } else {
+            enter(block);
+        }
     } else if (io_uring_sq_ready(&ring_) > 0 || (++poll_tick_ & 31) == 0) {
         // Coroutines are waiting to run: look for completions but never block, and
         // do it at least every 32 turns so I/O is not starved by CPU-bound ping-pong.
@@ -543,8 +593,59 @@ inline void io_context::resume_front() {
 inline void io_context::enter(bool wait) noexcept {
     int rc = wait ? io_uring_submit_and_wait(&ring_, 1) : io_uring_submit_and_get_events(&ring_);
     // EINTR: a signal arrived; EBUSY/EAGAIN: the CQ backlog must be reaped first.
-    // All three are handled by reaping and trying again on the next turn.
-    (void)rc;
+    // All three are handled by reaping and trying again on the next turn. Anything else
+    // (EBADR: the kernel dropped a completion) leaves operations the kernel may still
+    // write into with no way to know when it is done: give up loudly.
+    if (!detail::enter_error_is_transient(rc)) detail::fatal("io_uring_enter", -rc);
+    check_overflow();
+}
+
+inline void io_context::check_overflow() noexcept {
+    // With NODROP the kernel keeps overflowing CQEs on a list; a non-zero koverflow
+    // means it could not, and some operation will never see its completion.
+    if (ring_.cq.koverflow && *ring_.cq.koverflow != 0)
+        detail::fatal("completion queue overflow: the kernel dropped completions");
+}
+
+inline void io_context::watch_deadline(detail::operation* op) noexcept {
+    if (op->in_deadline_list_) return;
+    op->in_deadline_list_ = true;
+    op->deadline_prev_ = nullptr;
+    op->deadline_next_ = deadline_head_;
+    if (deadline_head_) deadline_head_->deadline_prev_ = op;
+    deadline_head_ = op;
+}
+
+inline void io_context::unwatch_deadline(detail::operation* op) noexcept {
+    if (!op->in_deadline_list_) return;
+    op->in_deadline_list_ = false;
+    if (op->deadline_prev_) op->deadline_prev_->deadline_next_ = op->deadline_next_;
+    else deadline_head_ = op->deadline_next_;
+    if (op->deadline_next_) op->deadline_next_->deadline_prev_ = op->deadline_prev_;
+    op->deadline_next_ = op->deadline_prev_ = nullptr;
+}
+
+inline bool io_context::expire_deadlines(__kernel_timespec& next) noexcept {
+    timespec ts{};
+    ::clock_gettime(CLOCK_MONOTONIC, &ts);
+    const __kernel_timespec now{ts.tv_sec, ts.tv_nsec};
+    bool any = false;
+    for (detail::operation* op = deadline_head_; op;) {
+        detail::operation* following = op->deadline_next_;
+        using detail::op_state;
+        if (op->state_ != op_state::gated && op->state_ != op_state::pending) {
+            unwatch_deadline(op);  // submitted: the kernel's link timeout watches it now
+        } else if (!detail::deadline_before(now, op->deadline_)) {
+            unwatch_deadline(op);
+            op->timed_out_ = true;
+            request_cancel(op);  // completes it as timed_out without submitting
+        } else if (!any || detail::deadline_before(op->deadline_, next)) {
+            next = op->deadline_;
+            any = true;
+        }
+        op = following;
+    }
+    return any;
 }
 
 inline void io_context::reap() noexcept {
@@ -613,7 +714,8 @@ inline void io_context::complete(detail::operation* op) noexcept {
         if (op->state_ == detail::op_state::ready) op->state_ = detail::op_state::idle;
         return;
     }
-    release_gate(op);
+    // The socket direction stays with it until it resumes (finish_wait): the next
+    // operation's SQE would not reach the kernel before this turn's resumes anyway.
     make_ready(op);
 }
 
@@ -623,9 +725,11 @@ inline void io_context::release_gate(detail::operation* op) noexcept {
     detail::op_gate* gate = op->gate_;
     if (auto* next = static_cast<detail::operation*>(gate->waiters.pop_front())) {
         next->holds_gate_ = true;
+        gate->holder = next;
         submit(next);
     } else {
         gate->busy = false;
+        gate->holder = nullptr;
     }
 }
 
@@ -646,11 +750,13 @@ inline void io_context::submit(detail::operation* op) noexcept {
         op->state_ = detail::op_state::pending;
         op->queued_late_ = true;
         late_.push_back(op);
+        if (op->has_deadline_) watch_deadline(op);
         return;
     }
     if (!pending_.empty() || !try_prepare(op)) {
         op->state_ = detail::op_state::pending;
         pending_.push_back(op);
+        if (op->has_deadline_) watch_deadline(op);
     }
 }
 
@@ -676,7 +782,8 @@ inline io_uring_sqe* io_context::get_sqe_flushing() noexcept {
 
 inline void io_context::flush_sq() noexcept {
     // Hand the SQ to the kernel without waiting; a full SQ is never an error.
-    (void)io_uring_submit(&ring_);
+    int rc = io_uring_submit(&ring_);
+    if (!detail::enter_error_is_transient(rc)) detail::fatal("io_uring_enter (submit)", -rc);
 }
 
 inline bool io_context::try_prepare(detail::operation* op, bool past_cap) noexcept {
@@ -686,19 +793,18 @@ inline bool io_context::try_prepare(detail::operation* op, bool past_cap) noexce
         flush_sq();
         if (io_uring_sq_space_left(&ring_) < need) return false;
     }
-    if (op->file_ && op->file_->is_closed()) {
+    if (op->on_socket_ && (!op->sock_ || op->sock_->closed)) {
         // Its socket was closed while the request waited to be submitted: the
         // descriptor number may already belong to another file. Never touch it.
         op->res_ = -ECANCELED;
         op->cqes_left_ = 0;
         op->state_ = detail::op_state::ready;
-        release_gate(op);
         make_ready(op);
         return true;
     }
     io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
     op->prepare(sqe);
-    if (op->file_) use_registered(*op->file_, sqe);
+    if (op->sock_) use_registered(op->sock_->file, sqe);
     io_uring_sqe_set_data(sqe, op);
     op->cqes_left_ = 1;
     if (op->has_deadline_) {
@@ -782,14 +888,15 @@ inline void io_context::request_cancel(detail::operation* op) noexcept {
         case detail::op_state::pending:
             pending_list(op).erase(op);
             op->queued_late_ = false;
+            unwatch_deadline(op);
             op->res_ = -ECANCELED;
             op->cqes_left_ = 0;
             op->state_ = detail::op_state::ready;
-            release_gate(op);
             make_ready(op);
             break;
         case detail::op_state::gated:
             op->gate_->waiters.erase(op);
+            unwatch_deadline(op);
             op->res_ = -ECANCELED;
             op->state_ = detail::op_state::ready;
             make_ready(op);
@@ -852,6 +959,7 @@ inline void io_context::wake() noexcept {
 
 inline void io_context::settle(detail::operation* op) noexcept {
     using detail::op_state;
+    unwatch_deadline(op);
     switch (op->state_) {
         case op_state::gated:
             op->gate_->waiters.erase(op);
@@ -860,12 +968,11 @@ inline void io_context::settle(detail::operation* op) noexcept {
         case op_state::pending:
             pending_list(op).erase(op);
             op->queued_late_ = false;
-            release_gate(op);
             if (!op->is_internal()) --work_;
             break;
         case op_state::in_flight:
             // The frame holding this operation is going away while the kernel may still
-            // write into it: cancel and reap until its last CQE has arrived. Other
+            // read or write it: cancel and reap until its last CQE has arrived. Other
             // completions reaped meanwhile are queued, not resumed.
             request_cancel(op);
             while (op->state_ == op_state::in_flight) {
@@ -874,7 +981,9 @@ inline void io_context::settle(detail::operation* op) noexcept {
                     request_cancel(op);
                 }
                 int rc = io_uring_submit_and_wait(&ring_, 1);
-                if (rc < 0 && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN) break;
+                // Giving up here would free memory the kernel still owns.
+                if (!detail::enter_error_is_transient(rc)) detail::fatal("io_uring_enter (settling an operation)", -rc);
+                check_overflow();
                 reap();
             }
             if (op->state_ == op_state::ready) {
@@ -884,12 +993,12 @@ inline void io_context::settle(detail::operation* op) noexcept {
             break;
         case op_state::ready:
             ready_.erase(op);
-            release_gate(op);
             if (!op->is_internal()) --work_;
             break;
         default:
             break;
     }
+    release_gate(op);
     op->state_ = op_state::done;
 }
 

@@ -21,18 +21,35 @@ namespace ringsock {
 /// state); a class with constructors is not affected. tests/test_op_limits.cpp pins it.
 class op_limits {
 public:
+    /// The longest time limit kept: anything longer (std::chrono::seconds::max(), 300
+    /// years, +infinity) means "no limit in practice" and arms no timer at all.
+    static constexpr std::chrono::nanoseconds no_limit{std::chrono::nanoseconds::max().count() / 2};
+
     op_limits() noexcept = default;
     op_limits(std::stop_token stop) noexcept : stop(std::move(stop)) {}  // NOLINT: implicit by design
     template <class Rep, class Period>
     op_limits(std::chrono::duration<Rep, Period> limit) noexcept  // NOLINT: implicit by design
-        : timeout(std::chrono::duration_cast<std::chrono::nanoseconds>(limit)) {}
+        : timeout(saturate(limit)) {}
     template <class Rep, class Period>
     op_limits(std::stop_token stop, std::chrono::duration<Rep, Period> limit) noexcept
-        : stop(std::move(stop)), timeout(std::chrono::duration_cast<std::chrono::nanoseconds>(limit)) {}
+        : stop(std::move(stop)), timeout(saturate(limit)) {}
+
+    /// `d` in nanoseconds without overflow: at most no_limit, and zero for a negative
+    /// (already due) duration. A NaN counts as no limit.
+    template <class Rep, class Period>
+    static constexpr std::chrono::nanoseconds saturate(std::chrono::duration<Rep, Period> d) noexcept {
+        // TRICKY: compare in long double first; duration_cast of seconds::max() to
+        // nanoseconds overflows (undefined behaviour) and wrapped into the past.
+        const std::chrono::duration<long double, std::nano> wide = d;
+        if (!(wide < std::chrono::duration<long double, std::nano>(no_limit))) return no_limit;
+        if (wide.count() <= 0) return std::chrono::nanoseconds{0};
+        return std::chrono::duration_cast<std::chrono::nanoseconds>(d);
+    }
 
     std::stop_token stop{};
     /// Measured from the moment the operation is awaited; covers the whole operation,
-    /// including the retries inside read_exact / write_all.
+    /// including the time it waits behind other operations on the same socket and the
+    /// retries inside read_exact / write_all. Zero or negative: already due.
     std::optional<std::chrono::nanoseconds> timeout{};
 };
 

@@ -25,6 +25,7 @@ namespace detail {
 class signal_wait_op final : public operation {
 public:
     signal_wait_op(io_context& ctx, int fd, const op_limits& lim) noexcept : operation(ctx, lim), fd_(fd) {}
+    ~signal_wait_op() { settle(); }  // the kernel writes info_
     void prepare(io_uring_sqe* sqe) noexcept override {
         io_uring_prep_read(sqe, fd_, &info_, sizeof info_, 0);
     }

@@ -38,6 +38,8 @@ public:
         fd_.reset(::socket(AF_UNIX, Type | SOCK_CLOEXEC, 0));
         if (!fd_) create_errno_ = errno;
     }
+    // TRICKY: the kernel uses fd_ and ep_ until the connect completes: settle first.
+    ~connect_op() { settle(); }
     bool await_ready() noexcept {
         if (create_errno_ != 0) {
             res_ = -create_errno_;

@@ -19,6 +19,7 @@ class sleep_op final : public operation {
 public:
     sleep_op(io_context& ctx, __kernel_timespec at, std::stop_token stop) noexcept
         : operation(ctx, op_limits(std::move(stop))), at_(at) {}
+    ~sleep_op() { settle(); }  // the kernel reads at_
     void prepare(io_uring_sqe* sqe) noexcept override {
         io_uring_prep_timeout(sqe, &at_, 0, IORING_TIMEOUT_ABS);
     }
@@ -35,17 +36,21 @@ private:
 }  // namespace detail
 
 /// Suspends for `d`. co_await yields io_result<void>; a stop request ends it early
-/// with operation_canceled.
-[[nodiscard]] inline auto sleep_for(io_context& ctx, std::chrono::nanoseconds d, std::stop_token stop = {}) {
-    return detail::sleep_op(ctx, detail::deadline_after(d), std::move(stop));
+/// with operation_canceled. Any duration too long to represent (hours::max()) sleeps
+/// "forever" (op_limits::no_limit, about 146 years); zero or negative returns at once.
+template <class Rep, class Period>
+[[nodiscard]] inline auto sleep_for(io_context& ctx, std::chrono::duration<Rep, Period> d, std::stop_token stop = {}) {
+    return detail::sleep_op(ctx, detail::deadline_after(op_limits::saturate(d)), std::move(stop));
 }
-
 /// Suspends until `t` on the steady clock (CLOCK_MONOTONIC on Linux).
-[[nodiscard]] inline auto sleep_until(io_context& ctx, std::chrono::steady_clock::time_point t,
+template <class Duration>
+[[nodiscard]] inline auto sleep_until(io_context& ctx, std::chrono::time_point<std::chrono::steady_clock, Duration> t,
                                       std::stop_token stop = {}) {
-    auto d = t - std::chrono::steady_clock::now();
-    return detail::sleep_op(ctx, detail::deadline_after(std::chrono::duration_cast<std::chrono::nanoseconds>(d)),
-                            std::move(stop));
+    const auto now = std::chrono::steady_clock::now();
+    // Subtract only when t is ahead: time_point::min() - now would overflow.
+    const auto d = t <= now ? std::chrono::steady_clock::duration::zero()
+                            : std::chrono::duration_cast<std::chrono::steady_clock::duration>(t - now);
+    return detail::sleep_op(ctx, detail::deadline_after(op_limits::saturate(d)), std::move(stop));
 }
 
 }  // namespace ringsock

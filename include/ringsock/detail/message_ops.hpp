@@ -26,13 +26,6 @@
 
 namespace ringsock::detail {
 
-/// Descriptors received on a stream and not yet taken (fd_stream).
-struct fd_queue {
-    std::vector<unique_fd> fds;
-    std::size_t limit = 1024;
-    std::vector<unique_fd> scratch;  // always empty: its capacity is reused by every read
-};
-
 /// IORING_OP_SENDMSG (always MSG_NOSIGNAL) with an optional SCM_RIGHTS message and an
 /// optional destination. `stream`: sends the whole buffer, looping over short sends,
 /// with the descriptors attached to the first chunk. `message`: one message, whole.
@@ -42,9 +35,11 @@ public:
 
     send_msg_op(io_context& ctx, int fd, socket_state* st, std::span<const std::byte> data, const borrowed_fds& fds,
                 const endpoint* dest, kind k, const char* what, const op_limits& lim) noexcept
-        : operation(ctx, lim), fd_(fd), st_(st), buf_(data.data()), len_(data.size()), kind_(k), what_(what) {
-        gate_ = &st->send_gate;
-        file_ = &st->file;
+        : operation(ctx, lim), fd_(fd), buf_(data.data()), kind_(k), what_(what) {
+        attach(st, &st->send_gate);
+        tally_.total = data.size();
+        tally_.sends = true;
+        tally_.whole = k == kind::stream;
         if (fds.size() > scm_max_fd) {
             early_ = make_error_code(errc::too_many_fds);
             return;
@@ -58,7 +53,7 @@ public:
             }
         }
         rights_.build(tmp, fds.size());
-        if (k == kind::stream && len_ == 0 && fds.size() > 0) {
+        if (k == kind::stream && tally_.total == 0 && fds.size() > 0) {
             // A stream has no empty messages: the descriptors need a byte to ride on.
             early_ = std::make_error_code(std::errc::invalid_argument);
             return;
@@ -69,9 +64,12 @@ public:
         }
     }
 
+    // TRICKY: the kernel reads msg_, iov_, rights_ and dest_: settle before they go.
+    ~send_msg_op() { settle(); }
+
     bool await_ready() noexcept {
-        if (kind_ == kind::stream && st_->write_broken && !early_) early_ = make_error_code(errc::stream_broken);
-        if (early_ || (kind_ == kind::stream && len_ == 0)) {
+        if (kind_ == kind::stream && socket()->write_broken && !early_) early_ = make_error_code(errc::stream_broken);
+        if (early_ || (kind_ == kind::stream && tally_.total == 0)) {
             state_ = op_state::done;
             return true;
         }
@@ -79,18 +77,20 @@ public:
     }
 
     void prepare(io_uring_sqe* sqe) noexcept override {
-        if ((done_ != 0 || rights_.size() == 0) && !has_dest_) {
+        const std::size_t done = tally_.done;
+        const std::size_t n = std::min(tally_.total - done, max_chunk);
+        if ((done != 0 || rights_.size() == 0) && !has_dest_) {
             // Nothing but bytes: a plain SEND is the same request, without the msghdr
             // copy-in SENDMSG costs the kernel on every call.
-            io_uring_prep_send(sqe, fd_, buf_ + done_, std::min(len_ - done_, max_chunk), MSG_NOSIGNAL);
+            io_uring_prep_send(sqe, fd_, buf_ + done, n, MSG_NOSIGNAL);
             return;
         }
         msg_ = msghdr{};
-        iov_.iov_base = const_cast<std::byte*>(buf_ + done_);
-        iov_.iov_len = std::min(len_ - done_, max_chunk);
+        iov_.iov_base = const_cast<std::byte*>(buf_ + done);
+        iov_.iov_len = n;
         msg_.msg_iov = &iov_;
         msg_.msg_iovlen = 1;
-        if (done_ == 0) {
+        if (done == 0) {
             msg_.msg_control = rights_.data();
             msg_.msg_controllen = rights_.size();
         }
@@ -102,12 +102,10 @@ public:
     }
 
     bool on_complete() noexcept override {
-        if (res_ > 0) {
-            done_ += static_cast<std::size_t>(res_);
-            if (kind_ == kind::stream && done_ < len_ && !interrupted() && !st_->closed) {
-                ctx_->submit(this);
-                return false;
-            }
+        if (kind_ == kind::message) return true;
+        if (tally_.add(res_, *this)) {
+            ctx_->submit(this);
+            return false;
         }
         return true;
     }
@@ -119,20 +117,14 @@ public:
             if (res_ >= 0) return static_cast<std::size_t>(res_);
             return {0, result_error(), what_};
         }
-        if (len_ == 0 || done_ == len_) return done_;
-        std::error_code ec = res_ < 0 ? result_error()
-                                      : std::make_error_code(timed_out() ? std::errc::timed_out
-                                                                         : std::errc::operation_canceled);
-        if (done_ > 0) st_->write_broken = true;  // the peer has part of the bytes
-        return {done_, ec, what_};
+        if (tally_.total == 0) return std::size_t{0};
+        return tally_.result(*this, res_, what_);
     }
 
 private:
     int fd_;
-    socket_state* st_;
     const std::byte* buf_;
-    std::size_t len_;
-    std::size_t done_ = 0;
+    transfer_tally tally_;
     kind kind_;
     bool has_dest_ = false;
     const char* what_;
@@ -153,17 +145,18 @@ class recv_msg_op final : public operation {
 public:
     enum class kind : unsigned char { stream_some, stream_exact, stream_receive, message };
 
-    recv_msg_op(io_context& ctx, int fd, socket_state* st, std::span<std::byte> buf, kind k, fd_queue* queue,
+    recv_msg_op(io_context& ctx, int fd, socket_state* st, std::span<std::byte> buf, kind k,
                 std::size_t max_fds, bool want_sender, const char* what, const op_limits& lim) noexcept
-        : operation(ctx, lim), fd_(fd), st_(st), queue_(queue), buf_(buf.data()), len_(buf.size()),
+        : operation(ctx, lim), fd_(fd), buf_(buf.data()), len_(buf.size()),
           max_fds_(std::min(max_fds, scm_max_fd)), kind_(k), want_sender_(want_sender), what_(what) {
-        gate_ = &st->recv_gate;
-        file_ = &st->file;
+        attach(st, &st->recv_gate);
+        tally_.total = len_;
+        tally_.whole = k == kind::stream_exact;
     }
     // TRICKY: settle while this is still a recv_msg_op: if the receive completes during
     // the cancel, on_complete (ours, not the base's) takes the descriptors, and the
     // members destroyed after this body close them. The base destructor would be too late.
-    ~recv_msg_op() override { settle(); }
+    ~recv_msg_op() { settle(); }
 
     bool await_ready() noexcept {
         if (kind_ != kind::message && len_ == 0) {
@@ -175,8 +168,8 @@ public:
 
     void prepare(io_uring_sqe* sqe) noexcept override {
         msg_ = msghdr{};
-        iov_.iov_base = buf_ + done_;
-        iov_.iov_len = std::min(len_ - done_, max_chunk);
+        iov_.iov_base = buf_ + tally_.done;
+        iov_.iov_len = std::min(len_ - tally_.done, max_chunk);
         msg_.msg_iov = &iov_;
         msg_.msg_iovlen = 1;
         msg_.msg_control = ctrl_.data();
@@ -197,8 +190,9 @@ public:
         std::size_t clen = std::min<std::size_t>(msg_.msg_controllen, ctrl_.size());
         if (msg_.msg_control == nullptr) clen = 0;
         // Stream reads parse into the queue's scratch vector: no allocation per read.
+        fd_queue* queue = kind_ == kind::message || !socket() ? nullptr : socket()->fds;
         parsed_control c = parse_control({ctrl_.data(), clen}, msg_.msg_flags, max_fds_,
-                                         kind_ == kind::message ? std::vector<unique_fd>{} : std::move(queue_->scratch));
+                                         queue ? std::move(queue->scratch) : std::vector<unique_fd>{});
         // FACTS 5: io_uring leaves MSG_CMSG_CLOEXEC in msg_flags; test bits, never compare to 0.
         flags_ |= msg_.msg_flags & ~MSG_CMSG_CLOEXEC;
         if (c.error && !fd_error_) fd_error_ = c.error;
@@ -212,14 +206,15 @@ public:
             }
             return true;
         }
-        done_ += static_cast<std::size_t>(res_);
+        bool more = tally_.add(res_, *this);
+        if (!queue) return true;  // the socket is gone: descriptors that came are closed
         if (!c.fds.empty()) {
             std::error_code ec;
-            if (queue_->fds.size() + c.fds.size() > queue_->limit) {
+            if (queue->fds.size() + c.fds.size() > queue->limit) {
                 ec = make_error_code(errc::fds_truncated);  // over the socket's limit
             } else {
                 try {
-                    queue_->fds.reserve(queue_->fds.size() + c.fds.size());
+                    queue->fds.reserve(queue->fds.size() + c.fds.size());
                 } catch (...) {
                     ec = std::make_error_code(std::errc::not_enough_memory);
                 }
@@ -228,12 +223,12 @@ public:
                 c.fds.clear();  // closes them
                 if (!fd_error_) fd_error_ = ec;
             } else {
-                for (auto& f : c.fds) queue_->fds.push_back(std::move(f));  // room reserved: no throw
+                for (auto& f : c.fds) queue->fds.push_back(std::move(f));  // room reserved: no throw
             }
         }
         c.fds.clear();
-        queue_->scratch = std::move(c.fds);
-        if (kind_ == kind::stream_exact && res_ > 0 && done_ < len_ && !fd_error_ && !interrupted() && !st_->closed) {
+        queue->scratch = std::move(c.fds);
+        if (more && !fd_error_) {
             ctx_->submit(this);
             return false;
         }
@@ -244,19 +239,7 @@ public:
     io_result<std::size_t> resume_bytes() noexcept {
         finish_wait();
         if (len_ == 0) return std::size_t{0};
-        if (kind_ == kind::stream_some) {
-            if (res_ < 0 && done_ == 0) return {0, result_error(), what_};
-            if (fd_error_) return {done_, fd_error_, what_};
-            return done_;
-        }
-        if (done_ == len_ && !fd_error_) return done_;
-        std::error_code ec = fd_error_;
-        if (!ec) {
-            if (res_ == 0) ec = make_error_code(errc::end_of_stream);
-            else if (res_ < 0) ec = result_error();
-            else ec = std::make_error_code(timed_out() ? std::errc::timed_out : std::errc::operation_canceled);
-        }
-        return {done_, ec, what_};
+        return tally_.result(*this, res_, what_, fd_error_);
     }
 
     /// fd_stream::receive and the message sockets' receives.
@@ -274,22 +257,22 @@ public:
             return std::move(m);
         }
         // stream_receive: the bytes of this read and every descriptor queued so far.
-        m.bytes = done_;
-        m.full_size = done_;
-        m.fds = std::move(queue_->fds);
-        queue_->fds.clear();
-        if (len_ != 0 && res_ < 0 && done_ == 0) return {std::move(m), result_error(), what_};
+        m.bytes = tally_.done;
+        m.full_size = tally_.done;
+        if (socket() && socket()->fds) {
+            m.fds = std::move(socket()->fds->fds);
+            socket()->fds->fds.clear();
+        }
+        if (len_ != 0 && res_ < 0 && tally_.done == 0) return {std::move(m), result_error(), what_};
         if (fd_error_) return {std::move(m), fd_error_, what_};
         return std::move(m);
     }
 
 private:
     int fd_;
-    socket_state* st_;
-    fd_queue* queue_;
     std::byte* buf_;
     std::size_t len_;
-    std::size_t done_ = 0;
+    transfer_tally tally_;
     std::size_t full_ = 0;
     std::size_t max_fds_;
     kind kind_;

@@ -69,7 +69,7 @@ protected:
 
     message_awaiter recv(std::span<std::byte> s, std::size_t max_fds, bool sender, const char* what,
                          const op_limits& lim) noexcept {
-        return message_awaiter(*ctx_, fd_.get(), &state_, s, recv_msg_op::kind::message, nullptr, max_fds, sender,
+        return message_awaiter(*ctx_, fd_.get(), &state_, s, recv_msg_op::kind::message, max_fds, sender,
                                what, lim);
     }
 };

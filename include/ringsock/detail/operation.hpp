@@ -66,6 +66,12 @@ public:
         if (r) erase(r);
         return r;
     }
+    /// Takes over all of `o`'s nodes (this list must be empty).
+    void take(resumable_list& o) noexcept {
+        head_ = std::exchange(o.head_, nullptr);
+        tail_ = std::exchange(o.tail_, nullptr);
+        size_ = std::exchange(o.size_, 0);
+    }
 
 private:
     resumable* head_ = nullptr;
@@ -73,10 +79,15 @@ private:
     std::size_t size_ = 0;
 };
 
+class operation;
+
 /// Serialises one direction of one socket: at most one operation in flight, the rest
-/// wait here in order, so two write_all calls never interleave their bytes.
+/// wait here in order, so two write_all calls never interleave their bytes. The holder
+/// keeps the gate from submission until it resumes (or is settled), so closing or
+/// destroying the socket can reach every operation that still refers to it.
 struct op_gate {
     bool busy = false;
+    operation* holder = nullptr;
     resumable_list waiters;
 };
 
@@ -130,16 +141,26 @@ enum class op_state : std::uint8_t {
     done,       // resumed (or never started)
 };
 
+struct socket_state;
+
 /// Base of every io_uring-backed awaiter. Three hooks: prepare() fills the SQE,
 /// on_cqe() records each completion, on_complete() decides whether the operation is
 /// finished (resume the waiter) or has resubmitted itself (e.g. write_all's next chunk).
+///
+/// Lifetime rule: the kernel may read or write any member of the most-derived class
+/// (buffers, iovecs, msghdr, sockaddr, the descriptor) until the operation is settled.
+/// So every concrete operation is `final` and calls settle() first thing in its own
+/// destructor, before any of its members die. ~operation() checks that this happened.
 class operation : public resumable {
 public:
-    operation(io_context& ctx, const op_limits& limits) noexcept
-        : ctx_(&ctx), stop_(limits.stop), timeout_(limits.timeout) {}
+    operation(io_context& ctx, const op_limits& limits) noexcept : ctx_(&ctx), stop_(limits.stop) {
+        if (limits.timeout && *limits.timeout < op_limits::no_limit) {
+            timeout_ = *limits.timeout;
+            has_deadline_ = true;
+        }
+    }
     operation(const operation&) = delete;
     operation& operator=(const operation&) = delete;
-    virtual ~operation();
 
     /// Fills `sqe`; user_data and link flags are set by the context afterwards.
     virtual void prepare(io_uring_sqe* sqe) noexcept = 0;
@@ -165,10 +186,12 @@ public:
     }
     void await_suspend(std::coroutine_handle<> h);
 
-    /// Call first in every await_resume: detaches the stop callback.
+    /// Call first in every await_resume: detaches the stop callback, gives the socket
+    /// direction to the next operation and leaves the deadline list.
     void finish_wait() noexcept;
     /// Makes sure the kernel no longer touches this operation: cancels it if it is in
     /// flight and waits for its completion, without resuming anything. Idempotent.
+    /// Concrete operations call it first in their destructors.
     void settle() noexcept;
 
     /// True when the operation ended because its time limit expired.
@@ -188,8 +211,31 @@ public:
     /// Whether a cancel or an expired deadline means no further resubmission.
     bool interrupted() const noexcept { return cancel_requested_ || timed_out_; }
 
+    /// The socket this operation acts on, or nullptr once that socket was closed,
+    /// moved away from or destroyed (or for operations on no socket).
+    socket_state* socket() const noexcept { return sock_; }
+    /// Whether the operation was started on a socket that has since been closed or
+    /// destroyed: it must not be submitted again and must not touch the socket.
+    bool socket_gone() const noexcept { return on_socket_ && sock_ == nullptr; }
+
 protected:
     friend class ringsock::io_context;
+    friend struct socket_state;
+
+    /// For operations on a socket: queue on its send or receive direction.
+    void attach(socket_state* st, op_gate* gate) noexcept {
+        sock_ = st;
+        gate_ = gate;
+        on_socket_ = true;
+    }
+    /// The socket is going away: forget it (called by socket_state only).
+    void detach_socket() noexcept {
+        sock_ = nullptr;
+        gate_ = nullptr;
+        holds_gate_ = false;
+    }
+
+    ~operation();
 
     io_context* ctx_;
     int res_ = 0;
@@ -201,15 +247,20 @@ protected:
     bool cancel_sent_ = false;
     bool has_deadline_ = false;
     bool holds_gate_ = false;
+    bool on_socket_ = false;
     /// Set by receives: the loop puts their SQE after the other SQEs of the same turn
     /// (see io_context::submit), so a send to the same socket pair goes first.
     bool submit_late_ = false;
     bool queued_late_ = false;  // waiting in the context's late list (state pending)
+    bool in_deadline_list_ = false;
     op_gate* gate_ = nullptr;
-    /// The socket's registration, for requests on a socket (sqe->fd is its descriptor).
-    registered_file* file_ = nullptr;
+    socket_state* sock_ = nullptr;
     std::atomic<bool> remote_cancel_posted_{false};
     __kernel_timespec deadline_{};
+    // Links in the context's list of operations that wait in user space (gated or
+    // pending) with a deadline: the kernel's link timeout cannot see them there.
+    operation* deadline_next_ = nullptr;
+    operation* deadline_prev_ = nullptr;
 
 private:
     struct canceller {
@@ -217,18 +268,25 @@ private:
         void operator()() const noexcept;
     };
     std::stop_token stop_;
-    std::optional<std::chrono::nanoseconds> timeout_;
+    std::chrono::nanoseconds timeout_{};
     std::optional<std::stop_callback<canceller>> stop_cb_;
 };
 
-/// Absolute CLOCK_MONOTONIC deadline `d` from now, as io_uring wants it.
+/// Absolute CLOCK_MONOTONIC deadline `d` from now, as io_uring wants it. `d` is
+/// clamped to [0, op_limits::no_limit], so the sum never overflows.
 inline __kernel_timespec deadline_after(std::chrono::nanoseconds d) noexcept {
     timespec now{};
     ::clock_gettime(CLOCK_MONOTONIC, &now);
     if (d.count() < 0) d = std::chrono::nanoseconds{0};
+    if (d > op_limits::no_limit) d = op_limits::no_limit;
     long long ns = static_cast<long long>(now.tv_nsec) + d.count() % 1'000'000'000;
     long long sec = static_cast<long long>(now.tv_sec) + d.count() / 1'000'000'000 + ns / 1'000'000'000;
     return __kernel_timespec{sec, ns % 1'000'000'000};
+}
+
+/// a < b for absolute deadlines.
+inline bool deadline_before(const __kernel_timespec& a, const __kernel_timespec& b) noexcept {
+    return a.tv_sec < b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec < b.tv_nsec);
 }
 
 }  // namespace ringsock::detail

@@ -36,15 +36,17 @@ public:
         return {};
     }
 
-    /// Cancels operations in flight on this socket and closes it. The cancelled
-    /// operations resume later with operation_canceled; keep the object alive until then.
+    /// Closes the socket. Operations queued on it, and the one in flight on each
+    /// direction, resume with operation_canceled (one that already completed keeps its
+    /// result); none of them touches the socket again. Destroying the socket does the same.
     void close() noexcept { close_socket(ctx_, fd_, state_); }
 
     bool is_open() const noexcept { return fd_.valid(); }
     int native_handle() const noexcept { return fd_.get(); }
     io_context& context() const noexcept { return *ctx_; }
-    /// Gives up the descriptor; the socket becomes closed.
-    unique_fd release() noexcept { return release_socket(fd_, state_); }
+    /// Gives up the descriptor; the socket becomes closed. Operations still on it are
+    /// cancelled as by close(), but the descriptor stays open and becomes the caller's.
+    unique_fd release() noexcept { return release_socket(ctx_, fd_, state_); }
 
     io_result<endpoint> local_endpoint() const { return ringsock::local_endpoint(fd_.get()); }
     io_result<endpoint> remote_endpoint() const { return ringsock::remote_endpoint(fd_.get()); }
@@ -52,7 +54,7 @@ public:
 protected:
     socket_base() noexcept = default;
     socket_base(io_context& ctx, unique_fd fd) noexcept : ctx_(&ctx), fd_(std::move(fd)) {}
-    // Movable only while no operation is in flight: the gates stay, the rest follows.
+    // Operations queued or in flight follow the socket to its new place.
     socket_base(socket_base&& o) noexcept : ctx_(o.ctx_), fd_(std::move(o.fd_)), state_(std::move(o.state_)) {}
     socket_base& operator=(socket_base&& o) noexcept {
         if (this != &o) {
@@ -63,8 +65,8 @@ protected:
         }
         return *this;
     }
-    // Members go in reverse order: state_ (its registered slot) before fd_.
-    ~socket_base() = default;
+    // Like close(): no operation may outlive the socket it points into.
+    ~socket_base() { close(); }
 
     io_context* ctx_ = nullptr;
     unique_fd fd_;

@@ -18,68 +18,73 @@
 #include "../io_result.hpp"
 #include "../unique_fd.hpp"
 #include "operation.hpp"
+#include "socket_state.hpp"
 
 namespace ringsock::detail {
 
-/// What operations share with the socket they act on. Lives in the socket object,
-/// which must not move or die while operations are in flight.
-struct socket_state {
-    op_gate send_gate;
-    op_gate recv_gate;
-    bool write_broken = false;
-    bool closed = false;  // set by close(): never resubmit on a descriptor number that may be reused
-    registered_file file;
-
-    socket_state() noexcept = default;
-    /// For a socket's move constructor/assignment: the gates stay (no operation may be
-    /// in flight during a move), the rest follows the descriptor.
-    socket_state(socket_state&& o) noexcept
-        : write_broken(std::exchange(o.write_broken, false)), closed(std::exchange(o.closed, false)),
-          file(std::move(o.file)) {}
-    void take(socket_state& o) noexcept {
-        write_broken = std::exchange(o.write_broken, false);
-        closed = std::exchange(o.closed, false);
-        file = std::move(o.file);
-    }
-
-    /// Cancels queued (not yet submitted) operations of both directions.
-    void cancel_queued(io_context& ctx) noexcept {
-        for (op_gate* g : {&send_gate, &recv_gate}) {
-            while (auto* r = g->waiters.front()) ctx.request_cancel(static_cast<operation*>(r));
-        }
-    }
-};
-
-/// Closes a socket: queued operations are cancelled, in-flight ones get an
-/// ASYNC_CANCEL by descriptor (or by registered slot), the slot is given back, then
-/// the descriptor is closed.
+/// Closes a socket: every operation that refers to it is detached and cancelled
+/// through the context's queue (socket_state::detach_all), the registered slot is
+/// given back, then the descriptor is closed. Also what destroying a socket does.
 inline void close_socket(io_context* ctx, unique_fd& fd, socket_state& st) noexcept {
+    if (ctx) st.detach_all(*ctx);
     if (!fd) return;
     st.closed = true;
-    if (ctx) st.cancel_queued(*ctx);
-    if (ctx && (st.send_gate.busy || st.recv_gate.busy)) {
-        if (io_uring_sqe* sqe = io_uring_get_sqe(ctx->native_handle())) {
-            if (st.file.slot >= 0)
-                io_uring_prep_cancel_fd(sqe, st.file.slot, IORING_ASYNC_CANCEL_ALL | IORING_ASYNC_CANCEL_FD_FIXED);
-            else
-                io_uring_prep_cancel_fd(sqe, fd.get(), IORING_ASYNC_CANCEL_ALL);
-            sqe->user_data = 0;
-            sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
-            io_uring_submit(ctx->native_handle());
-        }
-    }
     st.file.close();
     fd.reset();
 }
 
-/// Gives up a socket's descriptor (release()): its registered slot goes first.
-inline unique_fd release_socket(unique_fd& fd, socket_state& st) noexcept {
+/// Gives up a socket's descriptor (release()): operations still on it are cancelled
+/// and detached, and its registered slot goes first.
+inline unique_fd release_socket(io_context* ctx, unique_fd& fd, socket_state& st) noexcept {
+    if (ctx) st.detach_all(*ctx);
     st.file.close();
     return std::move(fd);
 }
 
 /// The kernel's per-call limit is INT_MAX; stay well below it and loop.
 inline constexpr std::size_t max_chunk = std::size_t{1} << 30;
+
+/// The byte count every stream transfer keeps, written once for all of them: how much
+/// is done, whether to go on after a short transfer, and the result the caller sees.
+/// "Whole" transfers (read_exact, write_all) loop; the others return after one.
+struct transfer_tally {
+    std::size_t total = 0;
+    std::size_t done = 0;
+    bool whole = false;
+    bool sends = false;
+
+    /// Adds one completion's result; true when the operation must resubmit itself
+    /// for the rest (never after a cancel, an expired deadline or a closed socket).
+    bool add(int res, const operation& op) noexcept {
+        if (res <= 0) return false;
+        done += static_cast<std::size_t>(res);
+        const socket_state* st = op.socket();
+        return whole && done < total && !op.interrupted() && st && !st->closed;
+    }
+
+    /// The result for the caller. `last` is the final completion's result; `extra`
+    /// an error found on the way (e.g. descriptors truncated) that wins over success.
+    io_result<std::size_t> result(const operation& op, int last, const char* what,
+                                  std::error_code extra = {}) const noexcept {
+        if (!whole) {
+            if (last < 0 && done == 0) return {0, op.result_error(), what};
+            if (extra) return {done, extra, what};
+            return done;
+        }
+        if (done == total && !extra) return done;
+        std::error_code ec = extra;
+        if (!ec) {
+            if (last == 0) ec = make_error_code(errc::end_of_stream);
+            else if (last < 0) ec = op.result_error();
+            else ec = std::make_error_code(op.timed_out() ? std::errc::timed_out : std::errc::operation_canceled);
+        }
+        // A write that stopped part-way leaves the peer with a partial message.
+        if (sends && done > 0) {
+            if (socket_state* st = op.socket()) st->write_broken = true;
+        }
+        return {done, ec, what};
+    }
+};
 
 /// One buffer: IORING_OP_SEND (always MSG_NOSIGNAL) or IORING_OP_RECV. The message
 /// kinds move one whole seqpacket/datagram message: empty ones included, and a
@@ -90,19 +95,22 @@ public:
 
     transfer_op(io_context& ctx, int fd, socket_state* st, std::byte* buf, std::size_t len, kind k,
                 const op_limits& lim) noexcept
-        : operation(ctx, lim), fd_(fd), st_(st), buf_(buf), len_(len), kind_(k) {
-        gate_ = is_send() ? &st->send_gate : &st->recv_gate;
-        file_ = &st->file;
+        : operation(ctx, lim), fd_(fd), buf_(buf), kind_(k) {
+        tally_.total = len;
+        tally_.sends = is_send();
+        tally_.whole = k == kind::recv_exact || k == kind::send_all;
+        attach(st, is_send() ? &st->send_gate : &st->recv_gate);
         submit_late_ = !is_send();
     }
+    ~transfer_op() { settle(); }
 
     bool await_ready() noexcept {
-        if (is_send() && st_->write_broken) {
+        if (is_send() && socket()->write_broken) {
             broken_ = true;
             state_ = op_state::done;
             return true;
         }
-        if (len_ == 0 && !is_message()) {
+        if (tally_.total == 0 && !is_message()) {
             state_ = op_state::done;  // nothing to do: never mistake it for end of stream
             return true;
         }
@@ -110,33 +118,32 @@ public:
     }
 
     void prepare(io_uring_sqe* sqe) noexcept override {
-        std::size_t n = std::min(len_ - done_, max_chunk);
+        const std::size_t len = tally_.total;
         if (is_message()) {
             // No msghdr: the cheapest request the kernel has for one message. Descriptors
             // a peer attaches are released by the kernel, never installed here.
-            if (kind_ == kind::send_message) io_uring_prep_send(sqe, fd_, buf_, len_, MSG_NOSIGNAL);
-            else io_uring_prep_recv(sqe, fd_, buf_, len_, MSG_TRUNC);
+            if (kind_ == kind::send_message) io_uring_prep_send(sqe, fd_, buf_, len, MSG_NOSIGNAL);
+            else io_uring_prep_recv(sqe, fd_, buf_, len, MSG_TRUNC);
             return;
         }
+        const std::size_t n = std::min(len - tally_.done, max_chunk);
+        std::byte* p = buf_ + tally_.done;
         if (is_send()) {
             // MSG_WAITALL (stream sockets) makes io_uring retry a short send itself
             // instead of posting a CQE per chunk; a cancel still reports the partial
-            // count, and on_complete loops regardless.
-            io_uring_prep_send(sqe, fd_, buf_ + done_, n, MSG_NOSIGNAL | (kind_ == kind::send_all ? MSG_WAITALL : 0));
+            // count, and the tally loops regardless.
+            io_uring_prep_send(sqe, fd_, p, n, MSG_NOSIGNAL | (kind_ == kind::send_all ? MSG_WAITALL : 0));
         } else {
-            // MSG_WAITALL only saves round trips; on_complete loops regardless.
-            io_uring_prep_recv(sqe, fd_, buf_ + done_, n, kind_ == kind::recv_exact ? MSG_WAITALL : 0);
+            // MSG_WAITALL only saves round trips; the tally loops regardless.
+            io_uring_prep_recv(sqe, fd_, p, n, kind_ == kind::recv_exact ? MSG_WAITALL : 0);
         }
     }
 
     bool on_complete() noexcept override {
-        if (res_ > 0) {
-            done_ += static_cast<std::size_t>(res_);
-            bool loops = kind_ == kind::recv_exact || kind_ == kind::send_all;
-            if (loops && done_ < len_ && !interrupted() && !st_->closed) {
-                ctx_->submit(this);
-                return false;
-            }
+        if (is_message()) return true;
+        if (tally_.add(res_, *this)) {
+            ctx_->submit(this);
+            return false;
         }
         return true;
     }
@@ -147,23 +154,12 @@ public:
         if (is_message()) {
             if (res_ < 0) return {0, result_error(), what()};
             // RECV with MSG_TRUNC returns the message's real length: the rest is gone.
-            if (done_ > len_) return {len_, make_error_code(errc::message_truncated), what()};
-            return done_;
+            const auto full = static_cast<std::size_t>(res_);
+            if (full > tally_.total) return {tally_.total, make_error_code(errc::message_truncated), what()};
+            return full;
         }
-        if (len_ == 0) return std::size_t{0};
-        bool loops = kind_ == kind::recv_exact || kind_ == kind::send_all;
-        if (!loops) {
-            if (res_ >= 0) return done_;
-            return {0, result_error(), what()};
-        }
-        if (done_ == len_) return done_;
-        std::error_code ec;
-        if (res_ == 0) ec = make_error_code(errc::end_of_stream);
-        else if (res_ < 0) ec = result_error();
-        else ec = std::make_error_code(timed_out() ? std::errc::timed_out : std::errc::operation_canceled);
-        // A write that stopped part-way leaves the peer with a partial message.
-        if (kind_ == kind::send_all && done_ > 0) st_->write_broken = true;
-        return {done_, ec, what()};
+        if (tally_.total == 0) return std::size_t{0};
+        return tally_.result(*this, res_, what());
     }
 
 private:
@@ -184,10 +180,8 @@ private:
     }
 
     int fd_;
-    socket_state* st_;
     std::byte* buf_;
-    std::size_t len_;
-    std::size_t done_ = 0;
+    transfer_tally tally_;
     kind kind_;
     bool broken_ = false;
 };
@@ -200,9 +194,10 @@ public:
 
     vectored_op(io_context& ctx, int fd, socket_state* st, std::span<const iovec> iov, kind k,
                 const op_limits& lim)
-        : operation(ctx, lim), fd_(fd), st_(st), kind_(k) {
-        gate_ = is_send() ? &st->send_gate : &st->recv_gate;
-        file_ = &st->file;
+        : operation(ctx, lim), fd_(fd), kind_(k) {
+        tally_.sends = is_send();
+        tally_.whole = k == kind::recv_exact || k == kind::send_all;
+        attach(st, is_send() ? &st->send_gate : &st->recv_gate);
         submit_late_ = !is_send();
         if (iov.size() <= inline_.size()) {
             std::copy(iov.begin(), iov.end(), inline_.begin());
@@ -212,21 +207,19 @@ public:
             iov_ = heap_.data();
         }
         count_ = iov.size();
-        for (const iovec& v : iov) total_ += v.iov_len;
-        // Skip leading empty entries so a zero-length first buffer is not read as EOF.
-        while (count_ > 0 && iov_->iov_len == 0) {
-            ++iov_;
-            --count_;
-        }
+        for (const iovec& v : iov) tally_.total += v.iov_len;
+        skip_empty();  // so a zero-length first buffer is not read as end of stream
     }
+    // TRICKY: the kernel reads heap_ (more than 8 iovecs) and msg_: settle before they go.
+    ~vectored_op() { settle(); }
 
     bool await_ready() noexcept {
-        if (is_send() && st_->write_broken) {
+        if (is_send() && socket()->write_broken) {
             broken_ = true;
             state_ = op_state::done;
             return true;
         }
-        if (total_ == 0) {
+        if (tally_.total == 0) {
             state_ = op_state::done;
             return true;
         }
@@ -242,14 +235,10 @@ public:
     }
 
     bool on_complete() noexcept override {
-        if (res_ > 0) {
-            done_ += static_cast<std::size_t>(res_);
-            advance(static_cast<std::size_t>(res_));
-            bool loops = kind_ == kind::recv_exact || kind_ == kind::send_all;
-            if (loops && done_ < total_ && !interrupted() && !st_->closed) {
-                ctx_->submit(this);
-                return false;
-            }
+        if (res_ > 0) advance(static_cast<std::size_t>(res_));
+        if (tally_.add(res_, *this)) {
+            ctx_->submit(this);
+            return false;
         }
         return true;
     }
@@ -258,19 +247,8 @@ public:
         finish_wait();
         const char* what = is_send() ? "write (vectored)" : "read (vectored)";
         if (broken_) return {0, make_error_code(errc::stream_broken), what};
-        if (total_ == 0) return std::size_t{0};
-        bool loops = kind_ == kind::recv_exact || kind_ == kind::send_all;
-        if (!loops) {
-            if (res_ >= 0) return done_;
-            return {0, result_error(), what};
-        }
-        if (done_ == total_) return done_;
-        std::error_code ec;
-        if (res_ == 0) ec = make_error_code(errc::end_of_stream);
-        else if (res_ < 0) ec = result_error();
-        else ec = std::make_error_code(timed_out() ? std::errc::timed_out : std::errc::operation_canceled);
-        if (kind_ == kind::send_all && done_ > 0) st_->write_broken = true;
-        return {done_, ec, what};
+        if (tally_.total == 0) return std::size_t{0};
+        return tally_.result(*this, res_, what);
     }
 
 private:
@@ -286,6 +264,9 @@ private:
                 --count_;
             }
         }
+        skip_empty();
+    }
+    void skip_empty() noexcept {
         while (count_ > 0 && iov_->iov_len == 0) {
             ++iov_;
             --count_;
@@ -293,15 +274,13 @@ private:
     }
 
     int fd_;
-    socket_state* st_;
     kind kind_;
     bool broken_ = false;
+    transfer_tally tally_;
     std::array<iovec, 8> inline_{};
     std::vector<iovec> heap_;
     iovec* iov_ = nullptr;
     std::size_t count_ = 0;
-    std::size_t total_ = 0;
-    std::size_t done_ = 0;
     msghdr msg_{};
 };
 

@@ -1,0 +1,69 @@
+// What a socket's operations share with it: one gate per direction, whether writes are
+// still safe, the registered-file slot, and (fd_stream) the queue of received
+// descriptors. Operations point here while they run; closing, moving or destroying the
+// socket re-points or detaches every one of them, so none touches a dead socket.
+#pragma once
+
+#include <utility>
+#include <vector>
+
+#include "../unique_fd.hpp"
+#include "operation.hpp"
+
+namespace ringsock::detail {
+
+/// Descriptors received on a stream and not yet taken (fd_stream).
+struct fd_queue {
+    std::vector<unique_fd> fds;
+    std::size_t limit = 1024;
+    std::vector<unique_fd> scratch;  // always empty: its capacity is reused by every read
+};
+
+struct socket_state {
+    op_gate send_gate;
+    op_gate recv_gate;
+    bool write_broken = false;
+    bool closed = false;  // set by close(): never submit on a descriptor number that may be reused
+    registered_file file;
+    fd_queue* fds = nullptr;  // fd_stream's queue, or nullptr
+
+    socket_state() noexcept = default;
+    socket_state(const socket_state&) = delete;
+    socket_state& operator=(const socket_state&) = delete;
+    /// Moves everything, including the operations waiting on or holding a direction:
+    /// they are re-pointed here, so a socket may move while operations are in flight.
+    socket_state(socket_state&& o) noexcept { take(o); }
+    void take(socket_state& o) noexcept {
+        write_broken = std::exchange(o.write_broken, false);
+        closed = std::exchange(o.closed, false);
+        file = std::move(o.file);
+        move_gate(send_gate, o.send_gate);
+        move_gate(recv_gate, o.recv_gate);
+    }
+    /// The owning socket moved its fd_queue (fd_stream's move): re-point.
+    void set_fd_queue(fd_queue* q) noexcept { fds = q; }
+
+    /// Detaches every operation that refers to this socket and asks the context to
+    /// cancel it: queued ones complete with operation_canceled without ever reaching
+    /// the kernel; the one in flight on each direction gets an ASYNC_CANCEL through the
+    /// context's queue (never lost to a full SQ); one that already completed keeps its
+    /// result. None of them touches this socket again. Defined in io_context.hpp.
+    void detach_all(io_context& ctx) noexcept;
+
+private:
+    void move_gate(op_gate& to, op_gate& from) noexcept;
+};
+
+inline void socket_state::move_gate(op_gate& to, op_gate& from) noexcept {
+    to.busy = std::exchange(from.busy, false);
+    to.holder = std::exchange(from.holder, nullptr);
+    to.waiters.take(from.waiters);
+    auto repoint = [&](operation* op) {
+        op->sock_ = this;
+        op->gate_ = &to;
+    };
+    if (to.holder) repoint(to.holder);
+    for (resumable* r = to.waiters.front(); r; r = r->next_) repoint(static_cast<operation*>(r));
+}
+
+}  // namespace ringsock::detail
