@@ -179,7 +179,7 @@ public:
         finish_wait();
         if (res_ < 0) return {result_error(), "accept"};
         handed_ = false;
-        return stream_socket(*ctx_, unique_fd(res_));
+        return stream_socket(ctx_->owner(), unique_fd(res_));
     }
     void take_fd(int res) noexcept {
         res_ = res;
@@ -286,7 +286,7 @@ public:
     void close() noexcept {
         if (engine_) {
             auto* gate = engine_->waiters();
-            while (auto* r = gate->waiters.front()) ctx_->request_cancel(static_cast<detail::operation*>(r));
+            while (auto* r = gate->waiters.front()) detail::core(*ctx_).request_cancel(static_cast<detail::operation*>(r));
             engine_->shut();
             engine_.reset();
         }

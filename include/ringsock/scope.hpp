@@ -226,8 +226,8 @@ inline void scope::adopt(detail::scope_child child) noexcept {
     if (head_) head_->prev_child = &p;
     head_ = &p;
     ++live_;
-    ctx_->make_ready(&p);
-    ctx_->add_work();
+    detail::core(*ctx_).make_ready(&p);
+    detail::core(*ctx_).add_work();
 }
 
 inline void scope::forget(detail::scope_child_promise* p) noexcept {
@@ -235,7 +235,7 @@ inline void scope::forget(detail::scope_child_promise* p) noexcept {
     else head_ = p->next_child;
     if (p->next_child) p->next_child->prev_child = p->prev_child;
     p->next_child = p->prev_child = nullptr;
-    ctx_->unready(p);  // destroyed before it ever started
+    detail::core(*ctx_).unready(p);  // destroyed before it ever started
     --live_;
 }
 

@@ -54,7 +54,7 @@ public:
     io_result<Socket> await_resume() noexcept {
         finish_wait();
         if (res_ < 0) return {result_error(), create_errno_ ? "connect: socket" : "connect"};
-        return Socket(*ctx_, std::move(fd_));
+        return Socket(ctx_->owner(), std::move(fd_));
     }
 
 private:

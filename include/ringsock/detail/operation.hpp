@@ -19,9 +19,19 @@
 
 namespace ringsock {
 class io_context;
-}
+namespace detail {
+class scheduler;
+/// The machinery behind an io_context (defined in io_context.hpp).
+scheduler& core(io_context& ctx) noexcept;
+}  // namespace detail
+}  // namespace ringsock
 
 namespace ringsock::detail {
+
+class scheduler;
+class submission;
+class deadline_list;
+class remote_queue;
 
 /// Anything the loop can resume: a node of the intrusive ready list.
 struct resumable {
@@ -91,46 +101,6 @@ struct op_gate {
     resumable_list waiters;
 };
 
-/// A socket's slot in its io_context's table of registered files. Once registered,
-/// its requests carry IOSQE_FIXED_FILE and the kernel skips the descriptor lookup and
-/// the file reference count on each of them. The table holds a reference to the
-/// socket, so the slot must be given back before the descriptor is closed (close(),
-/// release() and the destructor do): otherwise the peer would never see EOF.
-struct registered_file {
-    static constexpr int unregistered = -1;  // not registered (yet)
-    static constexpr int never = -2;         // registration failed: plain descriptor
-    static constexpr int closed = -3;        // the socket is closed: no further request
-
-    io_context* ctx = nullptr;  // set while slot >= 0
-    int slot = unregistered;
-    unsigned uses = 0;  // requests so far, while unregistered
-
-    registered_file() noexcept = default;
-    registered_file(registered_file&& o) noexcept { take(o); }
-    registered_file& operator=(registered_file&& o) noexcept {
-        if (this != &o) {
-            if (slot >= 0) release();
-            take(o);
-        }
-        return *this;
-    }
-    ~registered_file() {
-        if (slot >= 0) release();
-    }
-
-    bool is_closed() const noexcept { return slot == closed; }
-    /// Gives the slot back: the kernel drops its reference to the socket. Synchronous.
-    void release() noexcept;
-    /// release(), and refuse every later request (the descriptor number may be reused).
-    void close() noexcept {
-        release();
-        slot = closed;
-    }
-
-private:
-    void take(registered_file& o) noexcept;  // tells the context where the slot's owner now lives
-};
-
 enum class op_state : std::uint8_t {
     idle,       // not submitted
     gated,      // waiting for its socket's direction to be free
@@ -153,12 +123,14 @@ struct socket_state;
 /// destructor, before any of its members die. ~operation() checks that this happened.
 class operation : public resumable {
 public:
-    operation(io_context& ctx, const op_limits& limits) noexcept : ctx_(&ctx), stop_(limits.stop) {
+    operation(io_context& ctx, const op_limits& limits) noexcept : ctx_(&core(ctx)), stop_(limits.stop) {
         if (limits.timeout && *limits.timeout < op_limits::no_limit) {
             timeout_ = *limits.timeout;
             has_deadline_ = true;
         }
     }
+    /// For the scheduler's own internal operations.
+    operation(scheduler& s, const op_limits& limits) noexcept : ctx_(&s), stop_(limits.stop) {}
     operation(const operation&) = delete;
     operation& operator=(const operation&) = delete;
 
@@ -219,7 +191,10 @@ public:
     bool socket_gone() const noexcept { return on_socket_ && sock_ == nullptr; }
 
 protected:
-    friend class ringsock::io_context;
+    friend class scheduler;
+    friend class submission;
+    friend class deadline_list;
+    friend class remote_queue;
     friend struct socket_state;
 
     /// For operations on a socket: queue on its send or receive direction.
@@ -237,7 +212,7 @@ protected:
 
     ~operation();
 
-    io_context* ctx_;
+    scheduler* ctx_;  // the loop's machinery behind the io_context
     int res_ = 0;
     unsigned cqe_flags_ = 0;
     op_state state_ = op_state::idle;

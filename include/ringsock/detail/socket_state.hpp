@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "../unique_fd.hpp"
+#include "file_table.hpp"
 #include "operation.hpp"
 
 namespace ringsock::detail {
@@ -47,8 +48,8 @@ struct socket_state {
     /// cancel it: queued ones complete with operation_canceled without ever reaching
     /// the kernel; the one in flight on each direction gets an ASYNC_CANCEL through the
     /// context's queue (never lost to a full SQ); one that already completed keeps its
-    /// result. None of them touches this socket again. Defined in io_context.hpp.
-    void detach_all(io_context& ctx) noexcept;
+    /// result. None of them touches this socket again. Defined in operation_impl.hpp.
+    void detach_all(scheduler& s) noexcept;
 
 private:
     void move_gate(op_gate& to, op_gate& from) noexcept;

@@ -26,7 +26,7 @@ namespace ringsock::detail {
 /// through the context's queue (socket_state::detach_all), the registered slot is
 /// given back, then the descriptor is closed. Also what destroying a socket does.
 inline void close_socket(io_context* ctx, unique_fd& fd, socket_state& st) noexcept {
-    if (ctx) st.detach_all(*ctx);
+    if (ctx) st.detach_all(core(*ctx));
     if (!fd) return;
     st.closed = true;
     st.file.close();
@@ -36,7 +36,7 @@ inline void close_socket(io_context* ctx, unique_fd& fd, socket_state& st) noexc
 /// Gives up a socket's descriptor (release()): operations still on it are cancelled
 /// and detached, and its registered slot goes first.
 inline unique_fd release_socket(io_context* ctx, unique_fd& fd, socket_state& st) noexcept {
-    if (ctx) st.detach_all(*ctx);
+    if (ctx) st.detach_all(core(*ctx));
     st.file.close();
     return std::move(fd);
 }

@@ -1,0 +1,73 @@
+// The definitions of operation's awaiter protocol and of socket_state::detach_all:
+// they need the scheduler, which needs the operation's declaration, so they come
+// after both (scheduler.hpp includes this at its end).
+#pragma once
+
+#include "fatal.hpp"
+#include "operation.hpp"
+#include "scheduler.hpp"
+#include "socket_state.hpp"
+
+namespace ringsock::detail {
+
+inline operation::~operation() {
+    // Every concrete operation settles in its own destructor, while the members the
+    // kernel may read still exist. Reaching here unsettled is a bug in ringsock.
+    if (state_ != op_state::done && state_ != op_state::idle)
+        fatal("operation destroyed while the kernel or the loop still refers to it (missing settle())");
+}
+
+inline void operation::await_suspend(std::coroutine_handle<> h) {
+    waiter_ = h;
+    // The clock is read only for operations with a time limit.
+    if (has_deadline_) deadline_ = deadline_after(timeout_);
+    ctx_->add_work();
+    if (gate_ && gate_->busy) {
+        state_ = op_state::gated;
+        gate_->waiters.push_back(this);
+        if (has_deadline_) ctx_->watch_deadline(this);
+    } else {
+        if (gate_) {
+            gate_->busy = true;
+            gate_->holder = this;
+            holds_gate_ = true;
+        }
+        ctx_->submit(this);
+    }
+    if (stop_.stop_possible()) stop_cb_.emplace(stop_, canceller{this});
+}
+
+inline void operation::canceller::operator()() const noexcept { op->ctx_->request_cancel_from_any_thread(op); }
+
+inline void operation::finish_wait() noexcept {
+    // Destroying the callback waits for a concurrent invocation on another thread.
+    stop_cb_.reset();
+    if (remote_cancel_posted_.load(std::memory_order_acquire)) ctx_->purge_remote_cancel(this);
+    if (in_deadline_list_) ctx_->unwatch_deadline(this);
+    ctx_->release_gate(this);
+    state_ = op_state::done;
+}
+
+inline void operation::settle() noexcept {
+    if (state_ == op_state::done || state_ == op_state::idle) return;
+    stop_cb_.reset();
+    if (remote_cancel_posted_.load(std::memory_order_acquire)) ctx_->purge_remote_cancel(this);
+    ctx_->settle(this);
+}
+
+inline void socket_state::detach_all(scheduler& s) noexcept {
+    for (op_gate* g : {&send_gate, &recv_gate}) {
+        while (auto* r = g->waiters.front()) {
+            auto* op = static_cast<operation*>(r);
+            s.request_cancel(op);  // gated: leaves the list, completes as cancelled
+            op->detach_socket();
+        }
+        if (operation* op = std::exchange(g->holder, nullptr)) {
+            op->detach_socket();
+            s.request_cancel(op);  // pending: dropped; in flight: ASYNC_CANCEL queued
+        }
+        g->busy = false;
+    }
+}
+
+}  // namespace ringsock::detail

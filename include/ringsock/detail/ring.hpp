@@ -1,0 +1,157 @@
+// The io_uring itself: set up with the best flags the kernel accepts, the features it
+// gave us, and every call into the kernel under one error policy: EINTR, EAGAIN, EBUSY
+// and ETIME mean "reap, then try again"; anything else aborts with its name, because
+// operations the kernel may still write into could otherwise be freed (fatal.hpp).
+#pragma once
+
+#include <liburing.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <system_error>
+
+#include "errno.hpp"
+#include "fatal.hpp"
+
+namespace ringsock {
+
+/// What the ring was set up with, for tests, logs and benchmarks.
+struct ring_features {
+    unsigned sq_entries = 0;
+    unsigned cq_entries = 0;
+    bool single_issuer = false;
+    bool defer_taskrun = false;
+    bool coop_taskrun = false;
+    bool registered_ring_fd = false;
+    /// Slots in the ring's table of registered files (0: none; sockets then use plain
+    /// descriptors).
+    unsigned registered_files = 0;
+};
+
+}  // namespace ringsock
+
+namespace ringsock::detail {
+
+class ring {
+public:
+    /// Throws std::system_error naming the step if the ring cannot be set up.
+    ring(unsigned entries, bool defer_taskrun) {
+        if (entries == 0) entries = 1;
+        io_uring_params p{};
+        auto try_init = [&](unsigned flags) {
+            p = io_uring_params{};
+            p.flags = flags | IORING_SETUP_CQSIZE;
+            p.cq_entries = entries * 4;  // room for bursts: completions outnumber submissions
+            return io_uring_queue_init_params(entries, &ring_, &p);
+        };
+        int rc = -EINVAL;
+        if (defer_taskrun) {
+            rc = try_init(IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN);
+            if (rc == 0) features_.single_issuer = features_.defer_taskrun = true;
+        }
+        if (rc < 0) {
+            rc = try_init(IORING_SETUP_COOP_TASKRUN);
+            if (rc == 0) features_.coop_taskrun = true;
+        }
+        if (rc < 0) rc = try_init(0);
+        if (rc < 0) throw_errno(-rc, "io_context: io_uring_queue_init_params");
+        if (!(p.features & IORING_FEAT_NODROP)) {
+            io_uring_queue_exit(&ring_);
+            throw std::system_error(std::make_error_code(std::errc::not_supported),
+                                    "io_context: kernel lacks IORING_FEAT_NODROP (Linux >= 5.5 needed)");
+        }
+        features_.sq_entries = p.sq_entries;
+        features_.cq_entries = p.cq_entries;
+        features_.registered_ring_fd = io_uring_register_ring_fd(&ring_) == 1;
+    }
+    ring(const ring&) = delete;
+    ring& operator=(const ring&) = delete;
+    ~ring() { io_uring_queue_exit(&ring_); }
+
+    io_uring* native() noexcept { return &ring_; }
+    const ring_features& features() const noexcept { return features_; }
+    void set_registered_files(unsigned n) noexcept { features_.registered_files = n; }
+
+    unsigned sq_space_left() noexcept { return io_uring_sq_space_left(&ring_); }
+    unsigned sq_ready() noexcept { return io_uring_sq_ready(&ring_); }
+    /// An SQE, or nullptr when the SQ is full.
+    io_uring_sqe* get_sqe() noexcept { return io_uring_get_sqe(&ring_); }
+    /// An SQE, handing the full SQ to the kernel first if needed; nullptr if still full.
+    io_uring_sqe* get_sqe_flushing() noexcept {
+        io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+        if (!sqe) {
+            flush();
+            sqe = io_uring_get_sqe(&ring_);
+        }
+        return sqe;
+    }
+
+    /// Hands the SQ to the kernel without waiting; a full SQ is never an error.
+    void flush() noexcept { check(io_uring_submit(&ring_), "io_uring_enter (submit)"); }
+    /// Submits and, if `wait`, blocks until at least one completion is there. On a
+    /// DEFER_TASKRUN ring task-work runs only in a GETEVENTS enter, so even the
+    /// non-waiting form asks for events.
+    void enter(bool wait, const char* what = "io_uring_enter") noexcept {
+        check(wait ? io_uring_submit_and_wait(&ring_, 1) : io_uring_submit_and_get_events(&ring_), what);
+    }
+    /// Submits and blocks until a completion or until `rel` has passed.
+    void enter_until(__kernel_timespec rel) noexcept {
+        io_uring_cqe* cqe = nullptr;
+        check(io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &rel, nullptr), "io_uring_enter (wait with timeout)");
+    }
+
+    /// Copies completions out in batches, advances the CQ, then calls
+    /// `f(user_data, res, flags)` for each: a handler may submit new SQEs or resume
+    /// nothing yet; the CQ slot it came from is already free.
+    template <class F>
+    void reap(F&& f) noexcept {
+        struct completion {
+            std::uint64_t user_data;
+            int res;
+            unsigned flags;
+        };
+        constexpr unsigned batch = 64;
+        completion copied[batch];
+        bool flushed = false;
+        for (;;) {
+            // The CQ read inline (io_uring_peek_batch_cqe is an out-of-line library call).
+            // The ring has 16-byte CQEs: no IORING_SETUP_CQE32.
+            unsigned head = *ring_.cq.khead;
+            unsigned n = io_uring_smp_load_acquire(ring_.cq.ktail) - head;
+            if (n == 0) {
+                // CQEs the kernel kept on its overflow list (NODROP) come back with a
+                // GETEVENTS enter, as io_uring_peek_batch_cqe does it.
+                if (flushed || !io_uring_cq_has_overflow(&ring_)) break;
+                check(io_uring_get_events(&ring_), "io_uring_enter (overflowed completions)");
+                flushed = true;
+                continue;
+            }
+            if (n > batch) n = batch;
+            const unsigned mask = ring_.cq.ring_mask;
+            for (unsigned i = 0; i < n; ++i) {
+                const io_uring_cqe& c = ring_.cq.cqes[(head + i) & mask];
+                copied[i] = {c.user_data, c.res, c.flags};
+            }
+            io_uring_cq_advance(&ring_, n);
+            for (unsigned i = 0; i < n; ++i) f(copied[i].user_data, copied[i].res, copied[i].flags);
+            if (n < batch) break;
+        }
+    }
+
+private:
+    void check(int rc, const char* what) noexcept {
+        // EBADR (a completion was lost), EBADF, EFAULT, ...: some operation will never
+        // see its completion, or the ring is gone. Freeing its memory would be a silent
+        // use-after-free; stop here and say why.
+        if (!enter_error_is_transient(rc)) fatal(what, -rc);
+        // With NODROP the kernel keeps overflowing CQEs on a list; a non-zero koverflow
+        // means it could not, and some operation will never see its completion.
+        if (ring_.cq.koverflow && *ring_.cq.koverflow != 0)
+            fatal("completion queue overflow: the kernel dropped completions");
+    }
+
+    io_uring ring_{};
+    ring_features features_{};
+};
+
+}  // namespace ringsock::detail

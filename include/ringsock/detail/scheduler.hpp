@@ -1,0 +1,332 @@
+// The loop behind an io_context: owns the ring and its helpers, resumes ready
+// coroutines, and runs the turn: submit everything the resumed coroutines prepared
+// in one enter, copy completions out, advance the CQ, and only then resume waiters.
+// Also owns spawned (detached) tasks and takes stop requests from other threads.
+#pragma once
+
+#include <atomic>
+#include <coroutine>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <utility>
+
+#include "../task.hpp"
+#include "deadline_list.hpp"
+#include "file_table.hpp"
+#include "operation.hpp"
+#include "ready_queue.hpp"
+#include "remote_queue.hpp"
+#include "ring.hpp"
+#include "submission.hpp"
+
+namespace ringsock::detail {
+
+/// How an io_context is set up (io_context::options).
+struct context_options {
+    /// Submission queue size; the completion queue is four times larger.
+    unsigned entries = 256;
+    /// Ask for SINGLE_ISSUER|DEFER_TASKRUN (falls back when the kernel refuses).
+    bool defer_taskrun = true;
+    /// Size of the table of registered files (capped at RLIMIT_NOFILE); 0 turns
+    /// registration off. A socket takes a slot once it has made `register_after`
+    /// requests, so short-lived connections never pay the two extra syscalls
+    /// (register, unregister); when the table is full, sockets use plain descriptors.
+    unsigned registered_files = 1024;
+    unsigned register_after = 16;
+};
+
+/// The frame of a spawned task: owned by the scheduler until it finishes.
+struct detached_promise;
+struct detached_handle {
+    using promise_type = detached_promise;
+    std::coroutine_handle<detached_promise> h;
+};
+
+struct detached_promise : resumable {
+    scheduler* sched = nullptr;
+    detached_promise* next_detached = nullptr;
+    detached_promise* prev_detached = nullptr;
+    detached_handle get_return_object() noexcept {
+        return {std::coroutine_handle<detached_promise>::from_promise(*this)};
+    }
+    std::suspend_always initial_suspend() const noexcept { return {}; }
+    std::suspend_never final_suspend() const noexcept { return {}; }
+    void return_void() noexcept {}
+    void unhandled_exception() noexcept { std::terminate(); }  // never reached: run_detached catches all
+    ~detached_promise();
+};
+
+class scheduler {
+public:
+    scheduler(io_context& owner, const context_options& opts)
+        : owner_(owner), ring_(opts.entries, opts.defer_taskrun), sub_(ring_, files_, deadlines_, ready_) {
+        ring_.set_registered_files(files_.open(ring_.native(), opts.registered_files, opts.register_after));
+        wake_op_.emplace(*this);
+        sub_.submit(&*wake_op_);
+    }
+    scheduler(const scheduler&) = delete;
+    scheduler& operator=(const scheduler&) = delete;
+    /// Cancels every operation still in flight and waits for the kernel to finish with
+    /// them, then destroys spawned tasks that have not finished. Nothing is resumed.
+    ~scheduler() {
+        sub_.drain();
+        ready_.clear();  // completed but never resumed: their frames go with their owners
+        // Spawned tasks that never finished: their operations have all completed above,
+        // so destroying their frames touches nothing the kernel still holds.
+        while (detached_head_) {
+            auto h = std::coroutine_handle<detached_promise>::from_promise(*detached_head_);
+            h.destroy();  // the promise unlinks itself
+        }
+        wake_op_.reset();
+    }
+
+    io_context& owner() const noexcept { return owner_; }
+    const ring_features& features() const noexcept { return ring_.features(); }
+    io_uring* native_handle() noexcept { return ring_.native(); }
+    bool on_loop_thread() const noexcept { return std::this_thread::get_id() == thread_; }
+    std::size_t outstanding_work() const noexcept { return ready_.work(); }
+
+    // -- the run loop ---------------------------------------------------------------
+    std::size_t run();
+    bool run_one();
+    std::size_t poll();
+    void stop() noexcept {
+        stopped_.store(true, std::memory_order_release);
+        if (!on_loop_thread()) remote_.wake();
+    }
+    bool stopped() const noexcept { return stopped_.load(std::memory_order_acquire); }
+    void restart() noexcept { stopped_.store(false, std::memory_order_release); }
+    void spawn(task<void> t);
+    template <class T>
+    T sync_wait(task<T> t);
+    auto yield() noexcept;
+
+    // -- what operations and awaiters use ---------------------------------------------
+    void submit(operation* op) noexcept { sub_.submit(op); }
+    void request_cancel(operation* op) noexcept { sub_.request_cancel(op); }
+    void request_cancel_from_any_thread(operation* op) noexcept {
+        if (on_loop_thread()) sub_.request_cancel(op);
+        else remote_.post(op);
+    }
+    void purge_remote_cancel(operation* op) noexcept { remote_.purge(op); }
+    void settle(operation* op) noexcept { sub_.settle(op); }
+    void release_gate(operation* op) noexcept { sub_.release_gate(op); }
+    void make_ready_op(operation* op) noexcept { sub_.make_ready_op(op); }
+    void watch_deadline(operation* op) noexcept { deadlines_.watch(op); }
+    void unwatch_deadline(operation* op) noexcept { deadlines_.unwatch(op); }
+    void make_ready(resumable* r) noexcept { ready_.push(r); }
+    void unready(resumable* r) noexcept { ready_.unready(r); }
+    void add_work() noexcept { ready_.add_work(); }
+    void record_detached_exception(std::exception_ptr e) noexcept {
+        if (!detached_error_) detached_error_ = std::move(e);
+    }
+    void unlink_detached(detached_promise* p) noexcept {
+        if (p->prev_detached) p->prev_detached->next_detached = p->next_detached;
+        else if (detached_head_ == p) detached_head_ = p->next_detached;
+        if (p->next_detached) p->next_detached->prev_detached = p->prev_detached;
+        p->next_detached = p->prev_detached = nullptr;
+        ready_.erase(p);
+    }
+    void check_thread(const char* what) const {
+        if (!on_loop_thread())
+            throw std::logic_error(std::string("ringsock: io_context::") + what +
+                                   " called from a thread other than the one that created the context");
+    }
+
+private:
+    /// Internal operation: an eventfd read that lets other threads wake the loop.
+    class wake_op final : public operation {
+    public:
+        explicit wake_op(scheduler& s) noexcept : operation(s, {}) {}
+        ~wake_op() { settle(); }  // the kernel writes value_
+        void prepare(io_uring_sqe* sqe) noexcept override {
+            io_uring_prep_read(sqe, ctx_->remote_.wake_fd(), &value_, sizeof value_, 0);
+        }
+        bool is_internal() const noexcept override { return true; }
+        bool on_complete() noexcept override {
+            ctx_->process_remote();
+            if (!ctx_->sub_.shutting_down()) ctx_->sub_.submit(this);
+            return false;
+        }
+
+    private:
+        std::uint64_t value_ = 0;
+    };
+
+    bool turn(bool block, std::size_t max_resume, std::size_t& resumed);
+    void process_remote() noexcept {
+        for (auto* op : remote_.take()) sub_.request_cancel(op);
+    }
+    void rethrow_detached() {
+        if (detached_error_) std::rethrow_exception(std::exchange(detached_error_, nullptr));
+    }
+    void link_detached(detached_promise* p) noexcept {
+        p->next_detached = detached_head_;
+        p->prev_detached = nullptr;
+        if (detached_head_) detached_head_->prev_detached = p;
+        detached_head_ = p;
+    }
+
+    io_context& owner_;
+    std::thread::id thread_ = std::this_thread::get_id();
+    std::atomic<bool> stopped_{false};
+    // TRICKY: declaration order is destruction order in reverse: the submission and
+    // the operations it may still settle go before the ring; the file table after
+    // every socket operation (its destructor only detaches sockets that outlive us).
+    ring ring_;
+    file_table files_;
+    ready_queue ready_;
+    deadline_list deadlines_;
+    remote_queue remote_;
+    submission sub_;
+    std::optional<wake_op> wake_op_;
+    unsigned poll_tick_ = 0;
+    std::exception_ptr detached_error_;
+    detached_promise* detached_head_ = nullptr;
+};
+
+inline detached_promise::~detached_promise() {
+    if (sched) sched->unlink_detached(this);
+}
+
+inline detached_handle run_detached(scheduler* s, task<void> t) {
+    try {
+        co_await std::move(t);
+    } catch (...) {
+        s->record_detached_exception(std::current_exception());
+    }
+}
+
+// One loop turn: submit what is queued, collect completions (blocking only when
+// nothing is ready), then resume what was ready at that point.
+inline bool scheduler::turn(bool block, std::size_t max_resume, std::size_t& resumed) {
+    if (remote_.has_posts()) process_remote();
+    sub_.flush_pending();
+    sub_.flush_late();
+    __kernel_timespec next_deadline{};
+    const bool has_deadline =
+        !deadlines_.empty() && deadlines_.expire(
+                                   [this](operation* op) {
+                                       op->timed_out_ = true;
+                                       sub_.request_cancel(op);  // completes it as timed_out, unsubmitted
+                                   },
+                                   next_deadline);
+    if (ready_.empty()) {
+        if (ready_.work() == 0) {
+            // Nothing can resume; still hand queued SQEs (cancels) to the kernel.
+            if (ring_.sq_ready() > 0) ring_.enter(false);
+            return false;
+        }
+        // TRICKY: the in-flight cap only smooths bursts. Everything in flight may be a
+        // read that waits forever (idle peers) while the sends that would wake them are
+        // queued behind the cap: waiting now would deadlock. With nothing ready, submit
+        // past the cap; NODROP keeps any CQ overflow in the kernel and reap() drains it.
+        if (sub_.has_pending()) sub_.flush_pending(true);
+        // Wake for the earliest deadline of an operation still waiting in user space.
+        if (block && has_deadline) ring_.enter_until(deadline_list::until(next_deadline));
+        else ring_.enter(block);
+    } else if (ring_.sq_ready() > 0 || (++poll_tick_ & 31) == 0) {
+        // Coroutines are waiting to run: look for completions but never block, and
+        // do it at least every 32 turns so I/O is not starved by CPU-bound ping-pong.
+        ring_.enter(false);
+    }
+    sub_.reap();
+    std::size_t budget = ready_.size();
+    while (budget-- > 0 && max_resume > 0 && !ready_.empty()) {
+        resumable* r = ready_.pop();
+        ready_.remove_work();
+        r->waiter_.resume();
+        ++resumed;
+        --max_resume;
+        if (detached_error_ || stopped()) break;
+    }
+    return true;
+}
+
+inline std::size_t scheduler::run() {
+    check_thread("run");
+    std::size_t resumed = 0;
+    while (!stopped()) {
+        if (!turn(true, static_cast<std::size_t>(-1), resumed)) break;
+        rethrow_detached();
+    }
+    return resumed;
+}
+
+inline bool scheduler::run_one() {
+    check_thread("run_one");
+    std::size_t resumed = 0;
+    while (!stopped() && resumed == 0) {
+        if (!turn(true, 1, resumed)) break;
+        rethrow_detached();
+    }
+    return resumed > 0;
+}
+
+inline std::size_t scheduler::poll() {
+    check_thread("poll");
+    std::size_t resumed = 0;
+    if (!stopped()) {
+        turn(false, static_cast<std::size_t>(-1), resumed);
+        rethrow_detached();
+    }
+    return resumed;
+}
+
+inline void scheduler::spawn(task<void> t) {
+    check_thread("spawn");
+    auto h = run_detached(this, std::move(t)).h;
+    auto& promise = h.promise();
+    promise.sched = this;
+    promise.waiter_ = h;
+    link_detached(&promise);
+    ready_.push(&promise);
+    ready_.add_work();
+}
+
+template <class T>
+T scheduler::sync_wait(task<T> t) {
+    check_thread("sync_wait");
+    if (!t.valid()) throw std::invalid_argument("ringsock: io_context::sync_wait: empty task");
+    struct starter : resumable {
+        scheduler* s;
+        ~starter() { s->unready(this); }
+    } start;
+    start.s = this;
+    start.waiter_ = t.handle();
+    ready_.push(&start);
+    ready_.add_work();
+    std::size_t resumed = 0;
+    while (!t.done()) {
+        if (!turn(true, static_cast<std::size_t>(-1), resumed))
+            throw std::logic_error("ringsock: io_context::sync_wait: the task waits for something that can never happen");
+        rethrow_detached();
+    }
+    return t.handle().promise().take();
+}
+
+inline auto scheduler::yield() noexcept {
+    struct awaiter : resumable {
+        scheduler* s;
+        bool await_ready() const noexcept { return false; }
+        void await_suspend(std::coroutine_handle<> h) noexcept {
+            waiter_ = h;
+            s->add_work();
+            s->make_ready(this);
+        }
+        void await_resume() const noexcept {}
+        ~awaiter() { s->unready(this); }
+    };
+    awaiter a;
+    a.s = this;
+    return a;
+}
+
+}  // namespace ringsock::detail
+
+#include "operation_impl.hpp"

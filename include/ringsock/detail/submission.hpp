@@ -1,0 +1,319 @@
+// Submission and cancellation: turns operations into SQEs and completions back into
+// ready operations. A full SQ is never an error (operations wait in `pending_`),
+// in-flight requests are capped at the CQ size, receives go last in a turn's batch,
+// every cancel goes through here (a cancel that finds the SQ full waits in a backlog,
+// never lost), and settle() makes sure the kernel is done with an operation before
+// its memory goes.
+#pragma once
+
+#include <liburing.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "deadline_list.hpp"
+#include "fatal.hpp"
+#include "file_table.hpp"
+#include "operation.hpp"
+#include "ready_queue.hpp"
+#include "ring.hpp"
+#include "socket_state.hpp"
+
+namespace ringsock::detail {
+
+class submission {
+public:
+    submission(ring& r, file_table& files, deadline_list& deadlines, ready_queue& ready) noexcept
+        : ring_(r), files_(files), deadlines_(deadlines), ready_(ready), inflight_cap_(r.features().cq_entries) {}
+
+    /// Starts `op` (or its next chunk): into the SQ now, or queued in order.
+    void submit(operation* op) noexcept {
+        op->cqes_left_ = 0;
+        if (shutting_down_) {
+            op->res_ = -ECANCELED;
+            op->state_ = op_state::ready;
+            if (!op->is_internal()) ready_.push(op);
+            return;
+        }
+        if (op->submit_late_) {
+            // TRICKY: a receive's SQE goes into the SQ after every SQE the rest of this
+            // turn prepares (flush_late runs right before the turn's enter), so when the
+            // peer end is on this loop, its send reaches the socket first and the receive
+            // completes inline instead of arming poll and completing from task-work. It
+            // is never held past the enter: the order within one batch is all that changes.
+            op->state_ = op_state::pending;
+            op->queued_late_ = true;
+            late_.push_back(op);
+            if (op->has_deadline_) deadlines_.watch(op);
+            return;
+        }
+        if (!pending_.empty() || !try_prepare(op)) {
+            op->state_ = op_state::pending;
+            pending_.push_back(op);
+            if (op->has_deadline_) deadlines_.watch(op);
+        }
+    }
+
+    /// The turn's receives, now that every other SQE of the turn is in the SQ.
+    void flush_late() noexcept {
+        while (auto* r = late_.pop_front()) {
+            auto* op = static_cast<operation*>(r);
+            op->queued_late_ = false;
+            if (!pending_.empty() || !try_prepare(op)) {
+                op->state_ = op_state::pending;
+                pending_.push_back(op);
+            }
+        }
+    }
+
+    /// Retries cancels that found the SQ full, then queued operations, in order.
+    /// `past_cap`: ignore the in-flight cap (see scheduler::turn).
+    void flush_pending(bool past_cap = false) noexcept {
+        if (!cancel_backlog_.empty()) {
+            auto backlog = std::move(cancel_backlog_);
+            cancel_backlog_.clear();
+            for (auto* op : backlog) {
+                op->cancel_sent_ = false;
+                request_cancel(op);
+            }
+        }
+        while (!pending_.empty()) {
+            auto* op = static_cast<operation*>(pending_.front());
+            pending_.erase(op);
+            if (!try_prepare(op, past_cap)) {
+                // Still no room: keep its place and wait for completions to free some.
+                pending_.push_front(op);
+                op->state_ = op_state::pending;
+                break;
+            }
+        }
+    }
+    bool has_pending() const noexcept { return !pending_.empty(); }
+
+    /// Cancels `op` in whatever state it is: gated or pending ones complete at once
+    /// with -ECANCELED and never reach the kernel; one in flight gets an ASYNC_CANCEL
+    /// (its own CQE, not the cancel's, completes it); a completed one keeps its result.
+    void request_cancel(operation* op) noexcept {
+        op->cancel_requested_ = true;
+        switch (op->state_) {
+            case op_state::pending:
+                pending_list(op).erase(op);
+                op->queued_late_ = false;
+                cancel_queued(op);
+                break;
+            case op_state::gated:
+                op->gate_->waiters.erase(op);
+                cancel_queued(op);
+                break;
+            case op_state::in_flight: {
+                if (op->cancel_sent_) break;
+                op->cancel_sent_ = true;
+                io_uring_sqe* sqe = ring_.get_sqe_flushing();
+                if (!sqe) {
+                    cancel_backlog_.push_back(op);  // rare: retried by the next flush_pending
+                    break;
+                }
+                io_uring_prep_cancel64(sqe, reinterpret_cast<std::uint64_t>(op), 0);
+                sqe->user_data = 0;  // the cancel's own result never refers to the op
+                sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+                break;
+            }
+            default:
+                break;  // already complete: the real result wins
+        }
+    }
+
+    /// Hands the socket direction `op` holds to the next waiter, if any.
+    void release_gate(operation* op) noexcept {
+        if (!op->holds_gate_) return;
+        op->holds_gate_ = false;
+        op_gate* gate = op->gate_;
+        if (auto* next = static_cast<operation*>(gate->waiters.pop_front())) {
+            next->holds_gate_ = true;
+            gate->holder = next;
+            submit(next);
+        } else {
+            gate->busy = false;
+            gate->holder = nullptr;
+        }
+    }
+
+    /// Completes an operation that waited without an SQE (e.g. an accept waiter).
+    void make_ready_op(operation* op) noexcept {
+        deadlines_.unwatch(op);
+        op->state_ = op_state::ready;
+        ready_.push(op);
+    }
+
+    /// Copies completions out and dispatches them (see ring::reap).
+    void reap() noexcept {
+        ring_.reap([this](std::uint64_t ud, int res, unsigned flags) { dispatch(ud, res, flags); });
+    }
+
+    /// Makes sure the kernel and the loop no longer refer to `op`, without resuming it:
+    /// leaves any queue, and if it is in flight, cancels it and reaps until its last
+    /// CQE is in. Completions of other operations reaped meanwhile are queued, not run.
+    void settle(operation* op) noexcept {
+        deadlines_.unwatch(op);
+        switch (op->state_) {
+            case op_state::gated:
+                op->gate_->waiters.erase(op);
+                ready_.remove_work();
+                break;
+            case op_state::pending:
+                pending_list(op).erase(op);
+                op->queued_late_ = false;
+                if (!op->is_internal()) ready_.remove_work();
+                break;
+            case op_state::in_flight:
+                request_cancel(op);
+                while (op->state_ == op_state::in_flight) {
+                    if (std::erase(cancel_backlog_, op) > 0) {
+                        op->cancel_sent_ = false;  // it never reached the SQ: issue it now
+                        request_cancel(op);
+                    }
+                    // Giving up here would free memory the kernel still owns: the ring
+                    // aborts on any error it cannot retry.
+                    ring_.enter(true, "io_uring_enter (settling an operation)");
+                    reap();
+                }
+                if (op->state_ == op_state::ready) {
+                    ready_.erase(op);
+                    if (!op->is_internal()) ready_.remove_work();
+                }
+                break;
+            case op_state::ready:
+                ready_.erase(op);
+                if (!op->is_internal()) ready_.remove_work();
+                break;
+            default:
+                break;
+        }
+        release_gate(op);
+        op->state_ = op_state::done;
+    }
+
+    /// Teardown: queued operations are dropped as cancelled, everything in flight is
+    /// cancelled and reaped. Nothing is resumed; later submissions complete cancelled.
+    void drain() noexcept {
+        shutting_down_ = true;
+        while (auto* r = late_.empty() ? pending_.pop_front() : late_.pop_front()) {
+            auto* op = static_cast<operation*>(r);
+            op->queued_late_ = false;
+            op->res_ = -ECANCELED;
+            op->state_ = op_state::ready;
+        }
+        deadlines_.clear();
+        if (inflight_ == 0) return;
+        if (io_uring_sqe* sqe = ring_.get_sqe_flushing()) {
+            io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
+            sqe->user_data = 0;
+        }
+        while (inflight_ > 0) {
+            ring_.enter(true, "io_uring_enter (draining the ring)");
+            reap();
+            auto backlog = std::move(cancel_backlog_);
+            cancel_backlog_.clear();
+            for (auto* op : backlog) {
+                op->cancel_sent_ = false;
+                request_cancel(op);
+            }
+        }
+    }
+
+private:
+    resumable_list& pending_list(operation* op) noexcept { return op->queued_late_ ? late_ : pending_; }
+
+    void cancel_queued(operation* op) noexcept {
+        deadlines_.unwatch(op);
+        op->res_ = -ECANCELED;
+        op->cqes_left_ = 0;
+        op->state_ = op_state::ready;
+        ready_.push(op);
+    }
+
+    bool try_prepare(operation* op, bool past_cap = false) noexcept {
+        const unsigned need = op->has_deadline_ ? 2 : 1;
+        if (!past_cap && inflight_ + need > inflight_cap_) return false;
+        if (ring_.sq_space_left() < need) {
+            ring_.flush();
+            if (ring_.sq_space_left() < need) return false;
+        }
+        if (op->on_socket_ && (!op->sock_ || op->sock_->closed)) {
+            // Its socket was closed while the request waited to be submitted: the
+            // descriptor number may already belong to another file. Never touch it.
+            cancel_queued(op);
+            return true;
+        }
+        io_uring_sqe* sqe = ring_.get_sqe();
+        op->prepare(sqe);
+        if (op->sock_) files_.use(op->sock_->file, sqe);
+        io_uring_sqe_set_data(sqe, op);
+        op->cqes_left_ = 1;
+        if (op->has_deadline_) {
+            sqe->flags |= IOSQE_IO_LINK;
+            io_uring_sqe* t = ring_.get_sqe();
+            io_uring_prep_link_timeout(t, &op->deadline_, IORING_TIMEOUT_ABS);
+            t->user_data = reinterpret_cast<std::uint64_t>(op) | 1;
+            op->cqes_left_ = 2;
+        }
+        inflight_ += need;
+        op->state_ = op_state::in_flight;
+        return true;
+    }
+
+    void dispatch(std::uint64_t ud, int res, unsigned flags) noexcept {
+        if (ud == 0) return;  // results of cancel requests: the target's own CQE tells all
+        if (ud & 1) {
+            // The link timeout of an operation. -ECANCELED means the operation finished
+            // first; anything else (-ETIME, or -ENOENT/-EALREADY when the operation was
+            // running on an io-wq thread and got interrupted) means the deadline fired.
+            auto* op = reinterpret_cast<operation*>(ud & ~std::uint64_t{1});
+            --inflight_;
+            if (res != -ECANCELED) op->timed_out_ = true;
+            if (--op->cqes_left_ == 0) complete(op);
+            return;
+        }
+        auto* op = reinterpret_cast<operation*>(ud);
+        const bool last = !(flags & IORING_CQE_F_MORE);
+        op->on_cqe(res, flags);
+        if (last) {
+            --inflight_;
+            if (--op->cqes_left_ == 0) complete(op);
+        }
+    }
+
+    void complete(operation* op) noexcept {
+        // A cancel still waiting in the backlog must not outlive the operation it aims
+        // at: once resumed, the frame holding the operation may be freed.
+        if (op->cancel_sent_ && !cancel_backlog_.empty()) std::erase(cancel_backlog_, op);
+        op->state_ = op_state::ready;
+        if (!op->on_complete()) {
+            // Resubmitted itself (now pending or in flight), or internal and finished.
+            if (op->state_ == op_state::ready) op->state_ = op_state::idle;
+            return;
+        }
+        // The socket direction stays with it until it resumes (finish_wait): the next
+        // operation's SQE would not reach the kernel before this turn's resumes anyway.
+        ready_.push(op);
+    }
+
+    ring& ring_;
+    file_table& files_;
+    deadline_list& deadlines_;
+    ready_queue& ready_;
+    resumable_list pending_;
+    resumable_list late_;  // receives prepared at the end of the turn (submit)
+    std::vector<operation*> cancel_backlog_;
+    std::size_t inflight_ = 0;      // CQEs still expected for non-zero user_data
+    std::size_t inflight_cap_ = 0;  // at most this many, so the CQ never overflows
+    bool shutting_down_ = false;
+
+public:
+    bool shutting_down() const noexcept { return shutting_down_; }
+};
+
+}  // namespace ringsock::detail
