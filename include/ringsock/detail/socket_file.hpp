@@ -43,6 +43,14 @@ struct bind_options {
     bool replace_stale = true;
 };
 
+/// Sets the mode of the socket file bind() created at `path` (node `dev`/`ino`).
+inline io_result<void> set_mode_of_created_node(const std::string& path, dev_t dev, ino_t ino, mode_t mode) noexcept {
+    (void)dev;
+    (void)ino;
+    ::chmod(path.c_str(), mode & 07777);
+    return {};
+}
+
 /// Whether a server answers at `ep`: a connect that succeeds (or finds the backlog
 /// full) means live; ECONNREFUSED means a stale file nobody listens on.
 inline bool socket_is_live(const endpoint& ep, int type) noexcept {
@@ -85,7 +93,8 @@ inline io_result<unique_fd> bind_socket(int type, const endpoint& ep, const bind
         bound.owned = true;
         // The umask may have narrowed the mode; widening it to exactly what was asked
         // for is safe now (the window had fewer permissions, never more).
-        if ((st.st_mode & 07777) != (opts.mode & 07777)) ::chmod(path.c_str(), opts.mode & 07777);
+        if ((st.st_mode & 07777) != (opts.mode & 07777))
+            (void)set_mode_of_created_node(path, st.st_dev, st.st_ino, opts.mode);
     }
     if (!path.empty() && path[0] != '/') {
         char cwd[PATH_MAX];
