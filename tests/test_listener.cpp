@@ -756,3 +756,74 @@ TEST_CASE("acceptor: accept after close() or on a moved-from acceptor gives EBAD
         CHECK(c.error() == std::errc::bad_file_descriptor);
     }());
 }
+
+// The umask narrows the mode bind() creates; widening it afterwards must change our
+// socket and nothing else. An attacker who can write the directory may swap the path
+// for a symlink between bind() and that step (a root daemon would chmod the target).
+TEST_CASE("acceptor: widening the mode after bind changes nothing when the socket file was swapped for a symlink",
+          "[acceptor][listener]") {
+    temp_dir dir;
+    umask_guard um(077);
+    const std::string sock = dir / "s.sock";
+    const std::string target = dir / "target";
+    write_file(target, "secret");
+    REQUIRE(::chmod(target.c_str(), 0600) == 0);
+
+    // Our socket, created as bind_socket does: fchmod 0666, then bind under umask 077.
+    unique_fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    REQUIRE(fd);
+    REQUIRE(::fchmod(fd.get(), 0666) == 0);
+    auto ep = path_ep(sock);
+    REQUIRE(::bind(fd.get(), ep.data(), ep.size()) == 0);
+    auto ours = lstat_of(sock);
+    REQUIRE((ours.st_mode & 07777) == 0600);
+
+    SECTION("by a symlink to a regular file") {
+        REQUIRE(::rename(sock.c_str(), (dir / "moved.sock").c_str()) == 0);
+        REQUIRE(::symlink(target.c_str(), sock.c_str()) == 0);
+        auto r = ringsock::detail::set_mode_of_created_node(sock, ours.st_dev, ours.st_ino, 0666);
+        REQUIRE_FALSE(r);
+        CHECK(r.error() == ringsock::errc::path_not_a_socket);
+        CHECK(std::string_view(r.what()).find("replaced") != std::string_view::npos);
+        CHECK(mode_of(target) == 0600);
+        CHECK(read_file(target) == "secret");
+        CHECK(S_ISLNK(lstat_of(sock).st_mode));
+        CHECK(mode_of(dir / "moved.sock") == 0600);
+    }
+    SECTION("by a symlink to our own socket, moved elsewhere") {
+        REQUIRE(::rename(sock.c_str(), (dir / "moved.sock").c_str()) == 0);
+        REQUIRE(::symlink((dir / "moved.sock").c_str(), sock.c_str()) == 0);
+        auto r = ringsock::detail::set_mode_of_created_node(sock, ours.st_dev, ours.st_ino, 0666);
+        CHECK_FALSE(r);
+        CHECK(mode_of(dir / "moved.sock") == 0600);
+    }
+    SECTION("by another socket") {
+        REQUIRE(::unlink(sock.c_str()) == 0);
+        make_stale_socket(ep);
+        auto other = lstat_of(sock);
+        REQUIRE(other.st_ino != ours.st_ino);
+        auto r = ringsock::detail::set_mode_of_created_node(sock, ours.st_dev, ours.st_ino, 0666);
+        REQUIRE_FALSE(r);
+        CHECK(r.error() == std::errc::file_exists);
+        CHECK(mode_of(sock) == (other.st_mode & 07777));
+    }
+    SECTION("not swapped: the mode is widened") {
+        auto r = ringsock::detail::set_mode_of_created_node(sock, ours.st_dev, ours.st_ino, 0666);
+        REQUIRE_OK(r);
+        CHECK(mode_of(sock) == 0666);
+    }
+}
+
+TEST_CASE("acceptor: under umask 077 listen_options.mode 0666 still gives mode 0666", "[acceptor][listener]") {
+    temp_dir dir;
+    io_context ctx;
+    umask_guard um(077);
+    listen_options opts;
+    opts.mode = 0666;
+    auto ep = path_ep(dir / "wide.sock");
+    auto acc = acceptor::listen(ctx, ep, opts);
+    REQUIRE(acc);
+    CHECK(mode_of(dir / "wide.sock") == 0666);
+    CHECK(S_ISSOCK(lstat_of(dir / "wide.sock").st_mode));
+    ctx.sync_wait(check_round_trip(ctx, *acc, ep));
+}

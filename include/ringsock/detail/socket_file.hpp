@@ -3,8 +3,10 @@
 // not a socket are left alone, and on close only our own node is removed.
 #pragma once
 
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -43,12 +45,39 @@ struct bind_options {
     bool replace_stale = true;
 };
 
-/// Sets the mode of the socket file bind() created at `path` (node `dev`/`ino`).
+// fchmodat2 (Linux 6.6); Debian 12's headers lack the number (the same on every arch).
+#ifndef SYS_fchmodat2
+#define SYS_fchmodat2 452
+#endif
+
+/// Sets the mode of the socket file bind() created at `path`, which lstat() right after
+/// bind() found to be node `dev`/`ino`. Never follows a symlink and never changes any
+/// other node: the path is opened with O_PATH|O_NOFOLLOW, the opened node must be a
+/// socket with that dev/ino owned by our euid, and the mode is changed through that
+/// descriptor (via /proc/self/fd/N; without /proc, fchmodat2(AT_EMPTY_PATH)).
+/// Errors: errc::path_not_a_socket (the path now names a symlink or another file type),
+/// std::errc::file_exists (another socket replaced ours), else the failing call's errno.
+/// dev/ino come from an lstat() just after bind(); a socket swapped in before that
+/// lstat would be recorded instead, which is why the owner must also be our euid:
+/// another user's socket is never changed.
 inline io_result<void> set_mode_of_created_node(const std::string& path, dev_t dev, ino_t ino, mode_t mode) noexcept {
-    (void)dev;
-    (void)ino;
-    ::chmod(path.c_str(), mode & 07777);
-    return {};
+    unique_fd node(::open(path.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+    if (!node) return {last_error(), "bind: open(O_PATH|O_NOFOLLOW) of the socket file to set its mode"};
+    struct stat st {};
+    if (::fstat(node.get(), &st) < 0) return {last_error(), "bind: fstat of the socket file to set its mode"};
+    if (!S_ISSOCK(st.st_mode))
+        return {make_error_code(errc::path_not_a_socket),
+                "bind: the socket file was replaced by something that is not a socket before its mode was set"};
+    if (st.st_dev != dev || st.st_ino != ino || st.st_uid != ::geteuid())
+        return {std::make_error_code(std::errc::file_exists),
+                "bind: the socket file was replaced by another socket before its mode was set"};
+    // fchmod() on an O_PATH descriptor fails with EBADF; the /proc magic link reaches
+    // exactly the node the descriptor holds, whatever the path names by now.
+    std::string self = "/proc/self/fd/" + std::to_string(node.get());
+    if (::fchmodat(AT_FDCWD, self.c_str(), mode & 07777, 0) == 0) return {};
+    if (errno != ENOENT) return {last_error(), "bind: fchmodat(/proc/self/fd/N) to set the socket file's mode"};
+    if (::syscall(SYS_fchmodat2, node.get(), "", mode & 07777, AT_EMPTY_PATH) == 0) return {};
+    return {last_error(), "bind: fchmodat2(AT_EMPTY_PATH) to set the socket file's mode (no /proc)"};
 }
 
 /// Whether a server answers at `ep`: a connect that succeeds (or finds the backlog
@@ -86,15 +115,22 @@ inline io_result<unique_fd> bind_socket(int type, const endpoint& ep, const bind
             ::unlink(path.c_str());
         if (::bind(fd.get(), ep.data(), ep.size()) < 0) return {last_error(), "bind (after removing a stale socket)"};
     }
+    // Record our node at once: everything after this (the mode, close()) acts only on it.
     struct stat st {};
-    if (::lstat(path.c_str(), &st) == 0) {
-        bound.dev = st.st_dev;
-        bound.ino = st.st_ino;
-        bound.owned = true;
-        // The umask may have narrowed the mode; widening it to exactly what was asked
-        // for is safe now (the window had fewer permissions, never more).
-        if ((st.st_mode & 07777) != (opts.mode & 07777))
-            (void)set_mode_of_created_node(path, st.st_dev, st.st_ino, opts.mode);
+    if (::lstat(path.c_str(), &st) < 0) return {last_error(), "bind: lstat of the new socket file"};
+    if (!S_ISSOCK(st.st_mode))
+        return {make_error_code(errc::path_not_a_socket), "bind: the new socket file was replaced at once"};
+    bound.path = path;
+    bound.dev = st.st_dev;
+    bound.ino = st.st_ino;
+    bound.owned = true;
+    // The umask may have narrowed the mode; widening it to exactly what was asked for
+    // is safe now (the window had fewer permissions, never more), if done on our node.
+    if ((st.st_mode & 07777) != (opts.mode & 07777)) {
+        if (auto r = set_mode_of_created_node(path, st.st_dev, st.st_ino, opts.mode); !r) {
+            bound.remove();  // unlinks the path only if it still names our socket
+            return {r.error(), r.what()};  // and fd closes here
+        }
     }
     if (!path.empty() && path[0] != '/') {
         char cwd[PATH_MAX];
