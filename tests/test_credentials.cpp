@@ -3,10 +3,13 @@
 // getpid()/getuid()/getgid().
 #include <catch2/catch.hpp>
 
+#include <sched.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <array>
+#include <cerrno>
 #include <cstdio>
 #include <fstream>
 #include <string>
@@ -240,4 +243,113 @@ TEST_CASE("credentials: with pass_pidfd each seqpacket message carries a pidfd o
         CHECK(pidfd_pid(m->sender_pidfd.get()) == ::getpid());
     };
     ctx.sync_wait(run());
+}
+
+namespace {
+
+/// What a server inside a new pid namespace learned about its host-side client.
+struct ns_report {
+    int pid_in_ns;      // the server's own getpid(): 1 proves the namespace is new
+    int cred_ok;        // peer_credentials succeeded
+    int cred_error;     // its error code value otherwise
+    pid_t pid;
+    uid_t uid;
+    gid_t gid;
+    int pidfd_ok;       // peer_pidfd succeeded
+    int pidfd_error;
+};
+
+/// Exit code of the intermediate child when unshare(CLONE_NEWPID) is not permitted.
+constexpr int no_pid_namespace = 77;
+
+/// Child: enters a new pid namespace and forks the server into it (unshare moves only
+/// later children). The server accepts one connection on the inherited `listener`,
+/// asks ringsock about its peer, writes an ns_report on the connection and exits.
+int serve_from_new_pid_namespace(int listener) {
+    if (::unshare(CLONE_NEWPID) < 0) return errno == EPERM ? no_pid_namespace : 1;
+    pid_t inner = ::fork();
+    if (inner < 0) return 2;
+    if (inner == 0) {
+        int conn = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+        if (conn < 0) ::_exit(3);
+        ns_report r{};
+        r.pid_in_ns = ::getpid();
+        auto cred = ringsock::peer_credentials(conn);
+        r.cred_ok = cred ? 1 : 0;
+        r.cred_error = cred.error().value();
+        r.pid = cred->pid;
+        r.uid = cred->uid;
+        r.gid = cred->gid;
+        auto pidfd = ringsock::peer_pidfd(conn);
+        r.pidfd_ok = pidfd ? 1 : 0;
+        r.pidfd_error = pidfd.error().value();
+        ::_exit(::send(conn, &r, sizeof r, MSG_NOSIGNAL) == sizeof r ? 0 : 4);
+    }
+    int status = 0;
+    if (::waitpid(inner, &status, 0) != inner) return 5;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 6;
+}
+
+}  // namespace
+
+// A daemon in a container serving a client on the host: the kernel cannot name the
+// client's pid inside the daemon's namespace and reports pid 0 with the real uid/gid.
+TEST_CASE("credentials: a server in another pid namespace gets its host client's uid and gid with pid 0, not not_connected",
+          "[credentials]") {
+    auto ep = unique_abstract("pidns");
+    ringsock::unique_fd listener(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    REQUIRE(listener);
+    REQUIRE(::bind(listener.get(), ep.data(), ep.size()) == 0);
+    REQUIRE(::listen(listener.get(), 4) == 0);
+    child_process child([&] { return serve_from_new_pid_namespace(listener.get()); });
+
+    ringsock::unique_fd client(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    REQUIRE(client);
+    REQUIRE(::connect(client.get(), ep.data(), ep.size()) == 0);
+    ns_report r{};
+    ssize_t n = ::recv(client.get(), &r, sizeof r, MSG_WAITALL);
+    const int code = child.wait();
+    if (code == no_pid_namespace) {
+        WARN("unshare(CLONE_NEWPID) is not permitted here; only the ucred classification was checked");
+        return;
+    }
+    REQUIRE(code == 0);
+    REQUIRE(n == static_cast<ssize_t>(sizeof r));
+    CHECK(r.pid_in_ns == 1);
+    CAPTURE(std::error_code(r.cred_error, std::generic_category()).message());
+    REQUIRE(r.cred_ok == 1);
+    CHECK(r.pid == 0);
+    CHECK(r.uid == ::getuid());
+    CHECK(r.gid == ::getgid());
+    // The pidfd still names the client, though its pid cannot be shown in there.
+    CAPTURE(std::error_code(r.pidfd_error, std::generic_category()).message());
+    CHECK((r.pidfd_ok == 1 || r.pidfd_error == int(std::errc::not_supported)));
+}
+
+TEST_CASE("credentials: a ucred with pid 0 and a real uid is a peer in another pid namespace; uid -1 means no peer",
+          "[credentials]") {
+    auto other_ns = ringsock::detail::credentials_from_ucred(ucred{0, 1000, 1000});
+    REQUIRE(other_ns);
+    CHECK(other_ns->pid == 0);
+    CHECK(other_ns->uid == 1000);
+    CHECK(other_ns->gid == 1000);
+
+    auto root_peer = ringsock::detail::credentials_from_ucred(ucred{0, 0, 0});
+    REQUIRE(root_peer);
+    CHECK(root_peer->uid == 0);
+
+    auto visible = ringsock::detail::credentials_from_ucred(ucred{1234, 1000, 100});
+    REQUIRE(visible);
+    CHECK(visible->pid == 1234);
+
+    auto none = ringsock::detail::credentials_from_ucred(ucred{0, static_cast<uid_t>(-1), static_cast<gid_t>(-1)});
+    REQUIRE_FALSE(none);
+    CHECK(none.error() == std::errc::not_connected);
+
+    // And what the kernel really reports for a stream socket that never connected.
+    ringsock::unique_fd lone(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    REQUIRE(lone);
+    auto unconnected = ringsock::peer_credentials(lone.get());
+    REQUIRE_FALSE(unconnected);
+    CHECK(unconnected.error() == std::errc::not_connected);
 }

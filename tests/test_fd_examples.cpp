@@ -130,10 +130,13 @@ struct fd_server_proc {
     std::string sock;
     std::string err;
     std::optional<process> p;
-    fd_server_proc(const sandbox& sb, std::vector<std::string> extra = {}, const char* name = "s.sock") {
+    /// `prefix` runs fd_server through another program (e.g. unshare).
+    fd_server_proc(const sandbox& sb, std::vector<std::string> extra = {}, const char* name = "s.sock",
+                   std::vector<std::string> prefix = {}) {
         sock = sb.at(name);
         err = sb.at((std::string(name) + ".err").c_str());
-        std::vector<std::string> argv{example("fd_server"), sock, sb.at("files")};
+        std::vector<std::string> argv = std::move(prefix);
+        for (auto a : {example("fd_server"), sock, sb.at("files")}) argv.push_back(a);
         argv.insert(argv.end(), extra.begin(), extra.end());
         p.emplace(argv, "", err);
         REQUIRE(p->pid() > 0);
@@ -321,6 +324,24 @@ print("reply", m, len(fds))
     auto r = run(sb, {py, "-c", script, allowing.sock});
     INFO(r.out << r.err);
     CHECK(r.out.find("reply b'OK\\n' 1") != std::string::npos);
+}
+
+// A containerised fd_server cannot see a host client's pid (SO_PEERCRED says 0); the
+// uid check must still let our own uid in.
+TEST_CASE("fd_examples: fd_server in its own pid namespace serves a client on the host", "[fd_examples]") {
+    const std::string unshare = ringsock::test::find_program("unshare");
+    if (::geteuid() != 0 || unshare.empty()) {
+        WARN("needs root and unshare(1) to start fd_server in a new pid namespace");
+        return;
+    }
+    sandbox sb;
+    // --kill-child: when the test kills unshare, fd_server goes too.
+    fd_server_proc server(sb, {}, "s.sock", {unshare, "--pid", "--fork", "--kill-child"});
+    auto r = run(sb, {example("fd_client"), server.sock, "motd"});
+    INFO(r.err << slurp(server.err));
+    CHECK(r.code == 0);
+    CHECK(r.out == "message of the day\n");
+    CHECK(slurp(server.err).find("refused") == std::string::npos);
 }
 
 namespace {

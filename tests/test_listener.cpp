@@ -7,9 +7,13 @@
 #include <ringsock/ringsock.hpp>
 
 #include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <array>
@@ -755,4 +759,313 @@ TEST_CASE("acceptor: accept after close() or on a moved-from acceptor gives EBAD
         REQUIRE_FALSE(c);
         CHECK(c.error() == std::errc::bad_file_descriptor);
     }());
+}
+
+// The umask narrows the mode bind() creates; widening it afterwards must change our
+// socket and nothing else. An attacker who can write the directory may swap the path
+// for a symlink between bind() and that step (a root daemon would chmod the target).
+TEST_CASE("acceptor: widening the mode after bind changes nothing when the socket file was swapped for a symlink",
+          "[acceptor][listener]") {
+    temp_dir dir;
+    umask_guard um(077);
+    const std::string sock = dir / "s.sock";
+    const std::string target = dir / "target";
+    write_file(target, "secret");
+    REQUIRE(::chmod(target.c_str(), 0600) == 0);
+
+    // Our socket, created as bind_socket does: fchmod 0666, then bind under umask 077.
+    unique_fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    REQUIRE(fd);
+    REQUIRE(::fchmod(fd.get(), 0666) == 0);
+    auto ep = path_ep(sock);
+    REQUIRE(::bind(fd.get(), ep.data(), ep.size()) == 0);
+    auto ours = lstat_of(sock);
+    REQUIRE((ours.st_mode & 07777) == 0600);
+
+    SECTION("by a symlink to a regular file") {
+        REQUIRE(::rename(sock.c_str(), (dir / "moved.sock").c_str()) == 0);
+        REQUIRE(::symlink(target.c_str(), sock.c_str()) == 0);
+        auto r = ringsock::detail::set_mode_of_created_node(sock, ours.st_dev, ours.st_ino, 0666);
+        REQUIRE_FALSE(r);
+        CHECK(r.error() == ringsock::errc::path_not_a_socket);
+        CHECK(std::string_view(r.what()).find("replaced") != std::string_view::npos);
+        CHECK(mode_of(target) == 0600);
+        CHECK(read_file(target) == "secret");
+        CHECK(S_ISLNK(lstat_of(sock).st_mode));
+        CHECK(mode_of(dir / "moved.sock") == 0600);
+    }
+    SECTION("by a symlink to our own socket, moved elsewhere") {
+        REQUIRE(::rename(sock.c_str(), (dir / "moved.sock").c_str()) == 0);
+        REQUIRE(::symlink((dir / "moved.sock").c_str(), sock.c_str()) == 0);
+        auto r = ringsock::detail::set_mode_of_created_node(sock, ours.st_dev, ours.st_ino, 0666);
+        CHECK_FALSE(r);
+        CHECK(mode_of(dir / "moved.sock") == 0600);
+    }
+    SECTION("by another socket") {
+        REQUIRE(::unlink(sock.c_str()) == 0);
+        make_stale_socket(ep);
+        auto other = lstat_of(sock);
+        REQUIRE(other.st_ino != ours.st_ino);
+        auto r = ringsock::detail::set_mode_of_created_node(sock, ours.st_dev, ours.st_ino, 0666);
+        REQUIRE_FALSE(r);
+        CHECK(r.error() == std::errc::file_exists);
+        CHECK(mode_of(sock) == (other.st_mode & 07777));
+    }
+    SECTION("not swapped: the mode is widened") {
+        auto r = ringsock::detail::set_mode_of_created_node(sock, ours.st_dev, ours.st_ino, 0666);
+        REQUIRE_OK(r);
+        CHECK(mode_of(sock) == 0666);
+    }
+}
+
+TEST_CASE("acceptor: under umask 077 listen_options.mode 0666 still gives mode 0666", "[acceptor][listener]") {
+    temp_dir dir;
+    io_context ctx;
+    umask_guard um(077);
+    listen_options opts;
+    opts.mode = 0666;
+    auto ep = path_ep(dir / "wide.sock");
+    auto acc = acceptor::listen(ctx, ep, opts);
+    REQUIRE(acc);
+    CHECK(mode_of(dir / "wide.sock") == 0666);
+    CHECK(S_ISSOCK(lstat_of(dir / "wide.sock").st_mode));
+    ctx.sync_wait(check_round_trip(ctx, *acc, ep));
+}
+
+namespace {
+
+/// A forked child for the restart tests. The test kills and reaps it itself (so the
+/// next server starts with no pause); if the test ends first, it is killed and reaped.
+class forked {
+public:
+    template <class F>
+    explicit forked(F&& fn) {
+        pid_ = ::fork();
+        REQUIRE(pid_ >= 0);
+        if (pid_ == 0) {
+            int rc = 100;
+            try {
+                rc = fn();
+            } catch (...) {
+                rc = 101;
+            }
+            ::_exit(rc);
+        }
+    }
+    forked(const forked&) = delete;
+    forked& operator=(const forked&) = delete;
+    ~forked() {
+        if (pid_ > 0) {
+            ::kill(pid_, SIGKILL);
+            reap();
+        }
+    }
+    pid_t pid() const { return pid_; }
+    /// SIGKILL, then wait until it is dead: reaped, or (`reap` false) left a zombie.
+    void kill_now(bool reap_it) {
+        REQUIRE(::kill(pid_, SIGKILL) == 0);
+        if (reap_it) {
+            reap();
+        } else {
+            siginfo_t info{};
+            REQUIRE(::waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOWAIT) == 0);
+        }
+    }
+    void reap() {
+        int status = 0;
+        while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+        }
+        pid_ = -1;
+    }
+
+private:
+    pid_t pid_ = -1;
+};
+
+/// Reads one byte from `fd` within 10 s; '\0' on timeout or end of file.
+char read_signal(int fd) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 10000) != 1) return '\0';
+    char c = '\0';
+    return ::read(fd, &c, 1) == 1 ? c : '\0';
+}
+
+/// Child: a ringsock server on `ep` that serves one client (so its ring holds the
+/// listening socket, the connection and a pending accept), telling the parent "L"
+/// (listening) and "S" (served) through `notify`, then waits to be killed.
+int serve_once_then_wait(const endpoint& ep, int notify) {
+    io_context ctx;
+    auto acc = acceptor::listen(ctx, ep);
+    if (!acc) return 10;
+    if (::write(notify, "L", 1) != 1) return 11;
+    ctx.sync_wait([&]() -> task<void> {
+        auto s = co_await acc->accept();
+        if (!s) co_return;
+        std::string buf(4, '\0');
+        auto r = co_await s->read_exact(buf);
+        if (!r) co_return;
+        auto w = co_await s->write_all(ringsock::as_bytes(std::string_view("pong")));
+        if (!w) co_return;
+        if (::write(notify, "S", 1) != 1) co_return;
+        auto next = co_await acc->accept();  // never completes: killed while waiting
+        (void)next;
+    }());
+    return 12;
+}
+
+/// Child: a ringsock server on `ep` that answers "ping" with "pong" on every
+/// connection, one at a time, and skips connections that end at once (probes).
+int serve_forever(const endpoint& ep, int notify) {
+    io_context ctx;
+    auto acc = acceptor::listen(ctx, ep);
+    if (!acc) return 10;
+    if (::write(notify, "L", 1) != 1) return 11;
+    ctx.sync_wait([&]() -> task<void> {
+        for (;;) {
+            auto s = co_await acc->accept();
+            if (!s) co_return;
+            std::string buf(4, '\0');
+            auto r = co_await s->read_exact(buf);
+            if (r) (void)co_await s->write_all(ringsock::as_bytes(std::string_view("pong")));
+        }
+    }());
+    return 12;
+}
+
+}  // namespace
+
+// io_uring tears a killed process's ring down in a kernel worker: for a moment the dead
+// server's listening socket still accepts connect(). A supervisor restarting it at once
+// must not take that for a live server.
+TEST_CASE("acceptor: a server restarted right after SIGKILL replaces the dead server's socket file",
+          "[acceptor][listener]") {
+    const bool reaped = GENERATE(true, false);
+    CAPTURE(reaped);  // false: the dead server is still a zombie when the new one starts
+    temp_dir dir;
+    auto ep = path_ep(dir / "restart.sock");
+    int refused = 0;
+    std::string first_error;
+    for (int i = 0; i < 20; ++i) {
+        int p[2];
+        REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
+        unique_fd rd(p[0]), wr(p[1]);
+        forked server([&] { return serve_once_then_wait(ep, wr.get()); });
+        wr.reset();
+        REQUIRE(read_signal(rd.get()) == 'L');
+        auto client = raw_connect(ep);
+        REQUIRE(::send(client.get(), "ping", 4, MSG_NOSIGNAL) == 4);
+        char buf[4];
+        REQUIRE(::recv(client.get(), buf, 4, MSG_WAITALL) == 4);
+        REQUIRE(std::string_view(buf, 4) == "pong");
+        REQUIRE(read_signal(rd.get()) == 'S');
+
+        server.kill_now(reaped);
+        io_context ctx;
+        auto again = acceptor::listen(ctx, ep);  // no pause
+        if (!again) {
+            ++refused;
+            if (first_error.empty()) first_error = std::string(again.what()) + ": " + again.error().message();
+            // Let the old ring go, so the next round starts clean.
+            for (int t = 0; t < 200 && exists(dir / "restart.sock"); ++t) {
+                auto later = acceptor::listen(ctx, ep);
+                if (later) break;
+                std::this_thread::sleep_for(5ms);
+            }
+            continue;
+        }
+        CHECK(S_ISSOCK(lstat_of(dir / "restart.sock").st_mode));
+        ctx.sync_wait(check_round_trip(ctx, *again, ep));
+    }
+    INFO("first refusal: " << first_error);
+    CHECK(refused == 0);
+}
+
+TEST_CASE("acceptor: a live server in another process still gives EADDRINUSE", "[acceptor][listener]") {
+    temp_dir dir;
+    auto ep = path_ep(dir / "other.sock");
+    int p[2];
+    REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
+    unique_fd rd(p[0]), wr(p[1]);
+    forked server([&] { return serve_forever(ep, wr.get()); });
+    wr.reset();
+    REQUIRE(read_signal(rd.get()) == 'L');
+    auto ino = lstat_of(dir / "other.sock").st_ino;
+
+    io_context ctx;
+    auto second = acceptor::listen(ctx, ep);
+    REQUIRE_FALSE(second);
+    CHECK(second.error() == std::errc::address_in_use);
+    CHECK(lstat_of(dir / "other.sock").st_ino == ino);
+    // Undisturbed: still serving.
+    auto client = raw_connect(ep);
+    REQUIRE(::send(client.get(), "ping", 4, MSG_NOSIGNAL) == 4);
+    char buf[4];
+    REQUIRE(::recv(client.get(), buf, 4, MSG_WAITALL) == 4);
+    CHECK(std::string_view(buf, 4) == "pong");
+}
+
+// The creator of a listening socket (whose pid SO_PEERCRED names) may exit while another
+// process keeps the socket: a daemon that forks and lets its parent exit. That server
+// is live; its path must never be taken over, even if it drops every connection at once.
+TEST_CASE("acceptor: a live listener whose creating process has exited still gives EADDRINUSE",
+          "[acceptor][listener]") {
+    const bool drops_connections = GENERATE(false, true);
+    CAPTURE(drops_connections);
+    temp_dir dir;
+    auto ep = path_ep(dir / "daemon.sock");
+    // The holder ends when our end of `lifeline` closes, however this test ends.
+    int p[2], l[2];
+    REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
+    unique_fd rd(p[0]), wr(p[1]);
+    REQUIRE(::pipe2(l, O_CLOEXEC) == 0);
+    unique_fd lifeline_rd(l[0]), lifeline(l[1]);
+    struct subreaper {  // the orphaned holder becomes our child, so we can reap it
+        subreaper() { REQUIRE(::prctl(PR_SET_CHILD_SUBREAPER, 1) == 0); }
+        ~subreaper() { ::prctl(PR_SET_CHILD_SUBREAPER, 0); }
+    } reaper;
+    // The creator binds and listens, forks the holder (which reports its pid) and exits.
+    forked creator([&]() -> int {
+        int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0 || ::bind(fd, ep.data(), ep.size()) < 0 || ::listen(fd, 16) < 0) return 10;
+        pid_t holder = ::fork();
+        if (holder < 0) return 11;
+        if (holder == 0) {
+            lifeline.reset();
+            pid_t self = ::getpid();
+            if (::write(wr.get(), &self, sizeof self) != sizeof self) ::_exit(1);
+            pollfd w[2] = {{lifeline_rd.get(), POLLIN, 0}, {fd, POLLIN, 0}};
+            for (;;) {
+                if (::poll(w, drops_connections ? 2 : 1, -1) < 0 && errno != EINTR) ::_exit(2);
+                if (w[0].revents != 0) ::_exit(0);  // the test is over
+                if (drops_connections && (w[1].revents & POLLIN)) {
+                    int c = ::accept4(fd, nullptr, nullptr, SOCK_CLOEXEC);
+                    if (c >= 0) ::close(c);
+                }
+            }
+        }
+        return 0;
+    });
+    wr.reset();
+    lifeline_rd.reset();
+    pid_t holder = -1;
+    pollfd pf{rd.get(), POLLIN, 0};
+    REQUIRE(::poll(&pf, 1, 10000) == 1);
+    REQUIRE(::read(rd.get(), &holder, sizeof holder) == sizeof holder);
+    creator.reap();  // the creator is gone; the holder keeps the listener
+    struct holder_killer {
+        pid_t pid;
+        ~holder_killer() {
+            ::kill(pid, SIGKILL);
+            int status = 0;
+            ::waitpid(pid, &status, 0);
+        }
+    } killer{holder};
+    auto ino = lstat_of(dir / "daemon.sock").st_ino;
+
+    io_context ctx;
+    auto second = acceptor::listen(ctx, ep);
+    REQUIRE_FALSE(second);
+    CHECK(second.error() == std::errc::address_in_use);
+    CHECK(lstat_of(dir / "daemon.sock").st_ino == ino);
+    CHECK(::kill(holder, 0) == 0);
 }

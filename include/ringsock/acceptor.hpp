@@ -252,7 +252,10 @@ public:
     }
     ~basic_acceptor() { close(); }
 
-    /// Binds and listens. Errors: EADDRINUSE (a live server owns the path),
+    /// Binds and listens. A stale socket file is replaced, including one whose server
+    /// was just killed and whose io_uring teardown still holds it open (this may wait
+    /// up to 2 s when the listener's creator has exited but another process may hold
+    /// it). Errors: EADDRINUSE (a live server owns the path),
     /// errc::path_not_a_socket (the path is something else; left untouched),
     /// ENAMETOOLONG, EACCES, ENOENT (missing directory).
     static io_result<basic_acceptor> listen(io_context& ctx, const endpoint& ep, listen_options opts = {}) {

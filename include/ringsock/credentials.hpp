@@ -37,19 +37,33 @@ concept native_socket = requires(const S& s) {
     { s.native_handle() } -> std::convertible_to<int>;
 };
 
+namespace detail {
+
+/// Classifies what SO_PEERCRED returned. A socket without a peer reports uid (uid_t)-1
+/// (the kernel's overflow-free "no credentials"); pid 0 with a real uid is a peer whose
+/// process is outside the caller's pid namespace, and is a valid answer.
+inline io_result<credentials> credentials_from_ucred(const ucred& u) noexcept {
+    if (u.uid == static_cast<uid_t>(-1)) return {std::make_error_code(std::errc::not_connected), "peer_credentials"};
+    return credentials{u.pid, u.uid, u.gid};
+}
+
+}  // namespace detail
+
 /// The peer's pid, uid and gid (SO_PEERCRED) as they were when the connection was made
 /// (connect(), accept() or socketpair()); a peer that later changes uid or execs is
 /// not reflected, and its pid may by now belong to another process: use peer_pidfd()
 /// for an identity that cannot be recycled. Only connected stream and seqpacket sockets
 /// and socketpairs have peer credentials; others give std::errc::not_connected.
+/// pid 0 is a valid answer, not an error: the peer's process is not visible in the
+/// caller's pid namespace (a server in a container, a client on the host). uid and gid
+/// are still real (mapped into the caller's user namespace). Decide on uid/gid; never
+/// treat pid 0 as "no peer".
 inline io_result<credentials> peer_credentials(int fd) {
     ucred u{};
     socklen_t len = sizeof u;
     if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &u, &len) < 0)
         return {std::error_code(errno, std::generic_category()), "peer_credentials"};
-    // An unconnected socket (or a connected datagram socket) reports pid 0.
-    if (u.pid == 0) return {std::make_error_code(std::errc::not_connected), "peer_credentials"};
-    return credentials{u.pid, u.uid, u.gid};
+    return detail::credentials_from_ucred(u);
 }
 template <native_socket S>
 io_result<credentials> peer_credentials(const S& sock) {
@@ -61,6 +75,9 @@ io_result<credentials> peer_credentials(const S& sock) {
 /// lacks SO_PEERPIDFD; there is deliberately no fallback to pidfd_open(pid), which
 /// could name a recycled pid), std::errc::no_such_process (the peer is gone),
 /// std::errc::not_connected (no peer).
+/// A peer outside the caller's pid namespace (peer_credentials() reports pid 0) still
+/// gets a pidfd: it identifies that process (poll it for exit, pidfd_send_signal) even
+/// where its pid cannot be named.
 inline io_result<unique_fd> peer_pidfd(int fd) {
     int pidfd = -1;
     socklen_t len = sizeof pidfd;
