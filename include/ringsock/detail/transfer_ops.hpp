@@ -150,6 +150,14 @@ public:
 
     io_result<std::size_t> await_resume() noexcept {
         finish_wait();
+        // The common case first, inline: the whole (or some) transfer went through.
+        if (res_ >= 0 && !broken_ && !is_message() && (!tally_.whole || tally_.done == tally_.total)) [[likely]]
+            return tally_.done;
+        return slow_result();
+    }
+
+private:
+    [[gnu::noinline]] io_result<std::size_t> slow_result() noexcept {
         if (broken_) return {0, make_error_code(errc::stream_broken), what()};
         if (is_message()) {
             if (res_ < 0) return {0, result_error(), what()};
@@ -162,7 +170,6 @@ public:
         return tally_.result(*this, res_, what());
     }
 
-private:
     bool is_send() const noexcept {
         return kind_ == kind::send_some || kind_ == kind::send_all || kind_ == kind::send_message;
     }
