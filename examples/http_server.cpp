@@ -9,6 +9,8 @@
 //   GET|HEAD /info   200 {"pid":…,"uid":…,"gid":…} of the connecting process (SO_PEERCRED)
 //   POST /echo       200 with the request body
 //   anything else    404 (405 for a known path with another method)
+// A HEAD request gets the headers a GET would get, Content-Length included, and no
+// body: for every route and every status, errors too.
 //
 // Under a service manager (systemd-socket-activate -l PATH http_server) PATH may be
 // omitted; READY=1 goes to NOTIFY_SOCKET when it is set. SIGTERM/SIGINT: stop
@@ -55,7 +57,6 @@ struct response {
     std::string content_type = "application/json";
     std::string body;
     std::string extra_headers;  // complete lines, each ending in \r\n
-    bool head_only = false;     // HEAD: headers as for GET, no body
 };
 
 const char* reason(int status) {
@@ -84,7 +85,8 @@ response error(int status, const char* message) {
     return r;
 }
 
-std::string serialize(const response& r, bool keep_alive, bool http10) {
+// head_only (a HEAD request): the headers a GET gets, Content-Length included, no body.
+std::string serialize(const response& r, bool keep_alive, bool http10, bool head_only) {
     char date[64];
     std::time_t now = std::time(nullptr);
     std::tm tm{};
@@ -98,7 +100,7 @@ std::string serialize(const response& r, bool keep_alive, bool http10) {
     if (!keep_alive) out += "Connection: close\r\n";
     else if (http10) out += "Connection: keep-alive\r\n";
     out += "\r\n";
-    if (!r.head_only) out += r.body;
+    if (!head_only) out += r.body;
     return out;
 }
 
@@ -138,6 +140,13 @@ bool list_has(std::string_view v, std::string_view token) {
         v.remove_prefix(comma + 1);
     }
     return false;
+}
+
+// The method of a request whose head could not be parsed (too long, malformed,
+// incomplete): its first word, if that is a token, so an error answers HEAD correctly.
+std::string leading_method(std::string_view in) {
+    std::string_view word = in.substr(0, in.find(' '));
+    return word.size() < in.size() && is_token(word) ? std::string(word) : std::string();
 }
 
 // A parsed request head, or the error response that ends the connection.
@@ -241,7 +250,6 @@ response route(const request& req, const ringsock::io_result<ringsock::credentia
         response r;
         r.body = "{\"pid\":" + std::to_string(peer->pid) + ",\"uid\":" + std::to_string(peer->uid) +
                  ",\"gid\":" + std::to_string(peer->gid) + "}\n";
-        r.head_only = req.method == "HEAD";
         return r;
     }
     if (req.path == "/echo") {
@@ -255,9 +263,7 @@ response route(const request& req, const ringsock::io_result<ringsock::credentia
         r.body = std::move(body);
         return r;
     }
-    auto r = error(404, "page not found");
-    r.head_only = req.method == "HEAD";
-    return r;
+    return error(404, "page not found");
 }
 
 // After an error response: stop sending and read (and drop) what the client still
@@ -302,8 +308,10 @@ task<void> serve_connection(ringsock::stream_socket sock, server_state& st) {
         };
         // TRICKY: responses are built in named variables, never as braced temporaries
         // inside co_await (g++ 12 destroys those twice).
-        auto respond = [&](const response& r, bool keep_alive, bool http10) -> task<bool> {
-            std::string wire = serialize(r, keep_alive, http10);
+        // Every response to a HEAD request, whatever its status, is headers only: a body
+        // would be read as the start of the next response on a kept-alive connection.
+        auto respond = [&](const response& r, const request& req, bool keep_alive) -> task<bool> {
+            std::string wire = serialize(r, keep_alive, req.http10, req.method == "HEAD");
             co_return co_await send(std::move(wire));
         };
 
@@ -341,8 +349,9 @@ task<void> serve_connection(ringsock::stream_socket sock, server_state& st) {
             else failure = parse_head(std::string_view(in).substr(0, head_end + 4), cfg, req);
         }
         if (failure) {
+            if (req.method.empty()) req.method = leading_method(in);
             const response& r = *failure;
-            if (co_await respond(r, false, false)) co_await linger(sock);
+            if (co_await respond(r, req, false)) co_await linger(sock);
             break;
         }
         in.erase(0, head_end + 4);
@@ -356,7 +365,7 @@ task<void> serve_connection(ringsock::stream_socket sock, server_state& st) {
             if (got == 1) continue;
             if (got == -1) {
                 response timeout = error(408, "request body incomplete before the timeout");
-                if (co_await respond(timeout, false, false)) co_await linger(sock);
+                if (co_await respond(timeout, req, false)) co_await linger(sock);
             }
             open = false;
             break;
@@ -368,7 +377,7 @@ task<void> serve_connection(ringsock::stream_socket sock, server_state& st) {
         // 3. The response.
         bool keep_alive = req.keep_alive && !st.stop.stop_requested();
         response r = route(req, peer, std::move(body));
-        if (!co_await respond(r, keep_alive, req.http10)) break;
+        if (!co_await respond(r, req, keep_alive)) break;
         open = keep_alive;
     }
     (void)sock.shutdown(ringsock::shutdown_how::both);

@@ -1,9 +1,13 @@
-// Tests for io_result<T> (value or error, partial values, value() throwing a
-// system_error that names the operation) and ringsock's own error codes.
+// Tests for io_result<T> (value or error, partial values, value(), operator* and
+// operator-> throwing a system_error that names the operation) and ringsock's own
+// error codes.
 #include <catch2/catch.hpp>
 
 #include <ringsock/error.hpp>
 #include <ringsock/io_result.hpp>
+#include <ringsock/ringsock.hpp>
+
+#include <sys/socket.h>
 
 #include <cstddef>
 #include <memory>
@@ -11,6 +15,8 @@
 #include <string>
 #include <system_error>
 #include <utility>
+
+#include "support/process.hpp"
 
 namespace {
 
@@ -101,13 +107,65 @@ TEST_CASE("io_result: partial_value() keeps what an operation achieved before fa
     io_result<std::size_t> r(std::size_t{1234}, std::make_error_code(std::errc::broken_pipe), "write_all");
     REQUIRE_FALSE(r.has_value());
     REQUIRE(r.partial_value() == 1234);
-    REQUIRE(*r == 1234);
     REQUIRE(r.error() == std::errc::broken_pipe);
     REQUIRE_THROWS_AS(r.value(), std::system_error);
 
     io_result<std::size_t> eos(std::size_t{3}, make_error_code(ringsock::errc::end_of_stream), "read_exact");
     REQUIRE(eos.partial_value() == 3);
     REQUIRE(eos.error() == ringsock::errc::end_of_stream);
+}
+
+TEST_CASE("io_result: operator* and operator-> on an error throw what value() throws", "[io_result]") {
+    const auto ec = std::make_error_code(std::errc::connection_refused);
+    io_result<std::string> r(ec, "connect");
+    const io_result<std::string>& cr = r;
+    // Named matchers: a combined matcher only points at its parts.
+    const auto names_op = Catch::Contains("connect");
+    const auto names_error = Catch::Contains(ec.message());
+
+    REQUIRE_THROWS_AS(*r, std::system_error);
+    REQUIRE_THROWS_WITH(*r, names_op && names_error);
+    REQUIRE_THROWS_WITH(*cr, names_op && names_error);
+    REQUIRE_THROWS_WITH(*std::move(r), names_op && names_error);
+    REQUIRE_THROWS_WITH(r->size(), names_op && names_error);
+    REQUIRE_THROWS_WITH(cr->size(), names_op && names_error);
+    try {
+        (void)*r;
+    } catch (const std::system_error& e) {
+        REQUIRE(e.code() == ec);
+    }
+    // partial_value() is the unchecked way in, for what an operation achieved.
+    REQUIRE_NOTHROW(r.partial_value());
+    REQUIRE(r.partial_value().empty());
+}
+
+TEST_CASE("io_result: value() on an error has the error's message and the operation in what()", "[io_result]") {
+    const auto ec = make_error_code(ringsock::errc::end_of_stream);
+    io_result<std::size_t> r(std::size_t{3}, ec, "read_exact");
+    REQUIRE_THROWS_WITH(r.value(), Catch::Contains("read_exact") && Catch::Contains(ec.message()));
+    io_result<void> v(ec, "shutdown");
+    REQUIRE_THROWS_WITH(v.value(), Catch::Contains("shutdown") && Catch::Contains(ec.message()));
+}
+
+TEST_CASE("io_result: dereferencing a refused connect throws instead of crashing", "[io_result][connect]") {
+    namespace rt = ringsock::test;
+    rt::temp_dir dir;
+    auto ep = ringsock::endpoint::path(dir.file("stale.sock")).value();
+    {  // a socket file whose listener has gone: connect is refused
+        ringsock::unique_fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        REQUIRE(::bind(fd.get(), ep.data(), ep.size()) == 0);
+        REQUIRE(::listen(fd.get(), 1) == 0);
+    }
+    ringsock::io_context ctx;
+    auto client = [&]() -> ringsock::task<std::size_t> {
+        ringsock::stream_socket sock = *co_await ringsock::stream_socket::connect(ctx, ep);
+        const std::string hello = "hello";
+        auto w = co_await sock.write_all(hello);
+        co_return w.partial_value();
+    };
+    REQUIRE_THROWS_WITH(ctx.sync_wait(client()),
+                        Catch::Contains("connect") &&
+                            Catch::Contains(std::make_error_code(std::errc::connection_refused).message()));
 }
 
 TEST_CASE("io_result: holds move-only values and moves them out", "[io_result]") {

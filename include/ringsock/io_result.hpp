@@ -10,10 +10,13 @@
 
 namespace ringsock {
 
-/// Value or error. `value()` throws std::system_error naming the failed operation.
+/// Value or error. On an error, `value()`, `operator*` and `operator->` all throw
+/// std::system_error carrying error() and naming the failed operation (what()), so
+/// `*co_await sock.connect(ep)` fails loudly instead of handing out an empty object.
+/// Test `has_value()` (or the bool conversion) first to avoid the exception.
 /// On error the value slot still holds what the operation achieved before it failed
-/// (e.g. the bytes write_all sent before EPIPE): read it with `partial_value()`.
-/// T must be default-constructible (the value slot always exists).
+/// (e.g. the bytes write_all sent before EPIPE): read it, unchecked, with
+/// `partial_value()`. T must be default-constructible (the value slot always exists).
 template <class T>
 class [[nodiscard]] io_result {
 public:
@@ -32,14 +35,16 @@ public:
     T& value() & { check(); return value_; }
     const T& value() const& { check(); return value_; }
     T&& value() && { check(); return std::move(value_); }
-    T& operator*() & noexcept { return value_; }
-    const T& operator*() const& noexcept { return value_; }
-    T&& operator*() && noexcept { return std::move(value_); }
-    T* operator->() noexcept { return &value_; }
-    const T* operator->() const noexcept { return &value_; }
+    /// Checked like value(): throws std::system_error on an error.
+    T& operator*() & { check(); return value_; }
+    const T& operator*() const& { check(); return value_; }
+    T&& operator*() && { check(); return std::move(value_); }
+    T* operator->() { check(); return &value_; }
+    const T* operator->() const { check(); return &value_; }
     template <class U>
     T value_or(U&& fallback) const& { return ec_ ? T(std::forward<U>(fallback)) : value_; }
 
+    /// Never throws: the value, or on an error what the operation achieved before it.
     T& partial_value() & noexcept { return value_; }
     const T& partial_value() const& noexcept { return value_; }
 
@@ -62,6 +67,7 @@ public:
     explicit operator bool() const noexcept { return has_value(); }
     const std::error_code& error() const noexcept { return ec_; }
     const char* what() const noexcept { return what_; }
+    /// Throws std::system_error carrying error() and naming the operation, on an error.
     void value() const {
         if (ec_) throw std::system_error(ec_, what_);
     }
