@@ -10,6 +10,21 @@
 
 namespace ringsock {
 
+namespace detail {
+/// An error_code kept as its two parts. A default std::error_code calls the
+/// out-of-line std::system_category() on every construction; a success here is two
+/// zero words, which matters on the path every operation's result takes.
+struct stored_error {
+    int code = 0;
+    const std::error_category* cat = nullptr;
+    stored_error() noexcept = default;
+    stored_error(const std::error_code& ec) noexcept  // NOLINT: implicit by design
+        : code(ec.value()), cat(ec.value() != 0 ? &ec.category() : nullptr) {}
+    explicit operator bool() const noexcept { return code != 0; }
+    std::error_code get() const noexcept { return cat ? std::error_code(code, *cat) : std::error_code(); }
+};
+}  // namespace detail
+
 /// Value or error. On an error, `value()`, `operator*` and `operator->` all throw
 /// std::system_error carrying error() and naming the failed operation (what()), so
 /// `*co_await sock.connect(ep)` fails loudly instead of handing out an empty object.
@@ -28,7 +43,8 @@ public:
 
     bool has_value() const noexcept { return !ec_; }
     explicit operator bool() const noexcept { return has_value(); }
-    const std::error_code& error() const noexcept { return ec_; }
+    /// The error (a default std::error_code on success).
+    std::error_code error() const noexcept { return ec_.get(); }
     /// The name of the operation that failed, for messages.
     const char* what() const noexcept { return what_; }
 
@@ -50,10 +66,10 @@ public:
 
 private:
     void check() const {
-        if (ec_) throw std::system_error(ec_, what_);
+        if (ec_) throw std::system_error(ec_.get(), what_);
     }
     T value_{};
-    std::error_code ec_{};
+    detail::stored_error ec_{};
     const char* what_ = "ringsock";
 };
 
@@ -65,15 +81,16 @@ public:
     io_result(std::error_code ec, const char* what = "ringsock") : ec_(ec), what_(what) {}
     bool has_value() const noexcept { return !ec_; }
     explicit operator bool() const noexcept { return has_value(); }
-    const std::error_code& error() const noexcept { return ec_; }
+    /// The error (a default std::error_code on success).
+    std::error_code error() const noexcept { return ec_.get(); }
     const char* what() const noexcept { return what_; }
     /// Throws std::system_error carrying error() and naming the operation, on an error.
     void value() const {
-        if (ec_) throw std::system_error(ec_, what_);
+        if (ec_) throw std::system_error(ec_.get(), what_);
     }
 
 private:
-    std::error_code ec_{};
+    detail::stored_error ec_{};
     const char* what_ = "ringsock";
 };
 
