@@ -37,7 +37,7 @@ struct datagram_options {
 };
 
 /// A datagram socket: bound (a server), unbound (a client), connected or not. Not
-/// copyable; movable only while no operation is in flight on it. At most one send and
+/// copyable; movable (operations in flight follow it). At most one send and
 /// one receive run at a time; further ones queue in order. A full receiver makes a
 /// send wait (never EAGAIN): give it a time limit if that matters.
 class datagram_socket : public detail::message_socket_base {
@@ -117,9 +117,9 @@ public:
         return recv(as_writable_bytes(buf), max_fds, true, "receive_from", lim);
     }
 
-    /// Cancels operations in flight, closes the socket, and removes its socket file if
-    /// bind() created it and it is still ours. Keep the object alive until the cancelled
-    /// operations have resumed (with operation_canceled).
+    /// Closes the socket (its operations end with operation_canceled, as in
+    /// stream_socket::close()) and removes its socket file if bind() created it and it
+    /// is still ours.
     void close() noexcept {
         bound_.remove();  // the name first, so a successor's socket is never unlinked
         message_socket_base::close();

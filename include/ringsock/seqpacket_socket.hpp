@@ -23,8 +23,8 @@
 
 namespace ringsock {
 
-/// A connected seqpacket socket. Not copyable; movable only while no operation is in
-/// flight on it. At most one send and one receive run at a time; further ones queue.
+/// A connected seqpacket socket. Not copyable; movable (operations in flight follow
+/// it). At most one send and one receive run at a time; further ones queue.
 /// A receive of 0 bytes without descriptors means the peer closed (or sent an empty
 /// message: seqpacket cannot tell them apart).
 class seqpacket_socket : public detail::message_socket_base {

@@ -65,10 +65,10 @@ private:
 
 }  // namespace detail
 
-/// A connected stream socket. Not copyable; movable only while no operation is in
-/// flight on it. At most one read and one write run at a time: further ones queue in
-/// order. Destroy or close it only when no operation is in flight (close() cancels
-/// them, but their coroutines must still resume before the socket is destroyed).
+/// A connected stream socket. Not copyable; movable (operations in flight follow it).
+/// At most one read and one write run at a time: further ones queue in order, each
+/// under its own time limit while it waits. Closing or destroying it ends every
+/// operation on it with operation_canceled; none of them touches it again.
 class stream_socket : public detail::socket_base {
 public:
     stream_socket() noexcept = default;
