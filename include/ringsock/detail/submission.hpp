@@ -207,12 +207,17 @@ public:
             op->state_ = op_state::ready;
         }
         deadlines_.clear();
-        if (inflight_ == 0) return;
-        if (io_uring_sqe* sqe = ring_.get_sqe_flushing()) {
-            io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
-            sqe->user_data = 0;
-        }
+        bool cancel_all_sent = false;
         while (inflight_ > 0) {
+            if (!cancel_all_sent) {
+                // Nothing new is submitted from here on; if the SQ is full even after a
+                // flush, the enter below makes room and the cancel goes out next time.
+                if (io_uring_sqe* sqe = ring_.get_sqe_flushing()) {
+                    io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
+                    sqe->user_data = 0;
+                    cancel_all_sent = true;
+                }
+            }
             ring_.enter(true, "io_uring_enter (draining the ring)");
             reap();
             auto backlog = std::move(cancel_backlog_);
