@@ -120,6 +120,9 @@ public:
     void watch_deadline(operation* op) noexcept { deadlines_.watch(op); }
     void unwatch_deadline(operation* op) noexcept { deadlines_.unwatch(op); }
     void make_ready(resumable* r) noexcept { ready_.push(r); }
+    /// True when no other coroutine is queued to run before the next enter, so an
+    /// operation started now would be alone in it (speculative I/O pays then).
+    bool idle_after_current() const noexcept { return ready_.empty(); }
     void unready(resumable* r) noexcept { ready_.unready(r); }
     void add_work() noexcept { ready_.add_work(); }
     void record_detached_exception(std::exception_ptr e) noexcept {

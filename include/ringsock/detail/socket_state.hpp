@@ -4,12 +4,14 @@
 // socket re-points or detaches every one of them, so none touches a dead socket.
 #pragma once
 
+#include <cstdint>
 #include <utility>
 #include <vector>
 
 #include "../unique_fd.hpp"
 #include "file_table.hpp"
 #include "operation.hpp"
+#include "speculation.hpp"
 
 namespace ringsock::detail {
 
@@ -27,6 +29,15 @@ struct socket_state {
     bool closed = false;  // set by close(): never submit on a descriptor number that may be reused
     registered_file file;
     fd_queue* fds = nullptr;  // fd_stream's queue, or nullptr
+    speculation send_spec;    // whether a direct syscall has been paying off
+    speculation recv_spec;
+    /// Whether the previous byte operation on this socket went the same way (and
+    /// remember this one's): speculative I/O is tried only within such a run.
+    bool same_direction_as_last(bool sends) noexcept {
+        const std::uint8_t dir = sends ? 1 : 2;
+        return std::exchange(last_direction_, dir) == dir;
+    }
+    std::uint8_t last_direction_ = 0;
 
     socket_state() noexcept = default;
     socket_state(const socket_state&) = delete;

@@ -19,6 +19,7 @@
 #include "../unique_fd.hpp"
 #include "operation.hpp"
 #include "socket_state.hpp"
+#include "speculation.hpp"
 
 namespace ringsock::detail {
 
@@ -114,7 +115,8 @@ public:
             state_ = op_state::done;  // nothing to do: never mistake it for end of stream
             return true;
         }
-        return operation::await_ready();
+        if (operation::await_ready()) return true;
+        return try_now();
     }
 
     void prepare(io_uring_sqe* sqe) noexcept override {
@@ -157,6 +159,38 @@ public:
     }
 
 private:
+    /// Speculative I/O: when this operation would be alone in the next enter (nothing
+    /// else will run before it) and its direction is free, one non-blocking syscall
+    /// costs less than a ring round (SQE, enter, CQE, resume). EAGAIN falls back to the
+    /// ring; a direction whose attempts keep failing backs off (speculation.hpp).
+    bool try_now() noexcept {
+        socket_state* st = socket();
+        speculation& spec = is_send() ? st->send_spec : st->recv_spec;
+        // Only a run of operations in one direction (a writer or reader loop) gains: a
+        // send followed by a receive needs the enter anyway, and rides it for free.
+        if (!st->same_direction_as_last(is_send())) return false;
+        if (!spec.worth_trying() || gate_->busy || st->closed || !ctx_->idle_after_current()) return false;
+        const std::size_t n = std::min(tally_.total - tally_.done, max_chunk);
+        std::byte* p = buf_ + tally_.done;
+        ssize_t r;
+        if (is_send()) r = ::send(fd_, p, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        else r = ::recv(fd_, p, n, MSG_DONTWAIT | (kind_ == kind::recv_message ? MSG_TRUNC : 0));
+        if (r < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+                spec.missed();
+                return false;
+            }
+            res_ = -errno;
+        } else {
+            spec.hit();
+            res_ = static_cast<int>(r);
+            // A partial write_all / read_exact continues on the ring from where it is.
+            if (!is_message() && tally_.add(res_, *this)) return false;
+        }
+        state_ = op_state::done;
+        return true;
+    }
+
     [[gnu::noinline]] io_result<std::size_t> slow_result() noexcept {
         if (broken_) return {0, make_error_code(errc::stream_broken), what()};
         if (is_message()) {

@@ -1,0 +1,246 @@
+// Speculative I/O: a run of operations in one direction on a socket, with nothing else
+// ready to run, is served by a direct non-blocking syscall instead of a ring round.
+// These tests pin that it happens, that every fallback to the ring keeps the bytes
+// right (EAGAIN, partial writes, queued operations, truncation), and that alternating
+// directions keep using the ring, where the enter is shared anyway.
+// (No co_await inside REQUIRE: g++ 12 evaluates it more than once.)
+#include <catch2/catch.hpp>
+
+#include <ringsock/ringsock.hpp>
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <array>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "support/fd_count.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using ringsock::datagram_socket;
+using ringsock::io_context;
+using ringsock::stream_socket;
+using ringsock::task;
+
+/// SQEs this context has handed to the kernel so far (the SQ tail only grows).
+unsigned sq_tail(io_context& ctx) { return *ctx.native_handle()->sq.ktail; }
+
+std::pair<stream_socket, stream_socket> pair(io_context& ctx) {
+    auto p = stream_socket::pair(ctx);
+    REQUIRE(p);
+    return std::move(*p);
+}
+
+}  // namespace
+
+TEST_CASE("speculation: a writer loop's sends bypass the ring once it is a run", "[speculation]") {
+    const auto fds = ringsock::test::open_fd_count();
+    {
+        io_context ctx;
+        auto [a, b] = pair(ctx);
+        ctx.sync_wait([](stream_socket& a) -> task<void> {
+            for (int i = 0; i < 3; ++i) {
+                auto r = co_await a.write_all(std::string_view("abcd"));
+                REQUIRE(r);
+            }
+        }(a));
+        const unsigned before = sq_tail(ctx);
+        ctx.sync_wait([](stream_socket& a) -> task<void> {
+            for (int i = 0; i < 100; ++i) {
+                auto r = co_await a.write_all(std::string_view("abcd"));
+                REQUIRE(r);
+            }
+        }(a));
+        CHECK(sq_tail(ctx) == before);  // no SQE for 100 sends that found room
+        std::string got(412, '\0');
+        REQUIRE(::recv(b.native_handle(), got.data(), got.size(), MSG_WAITALL) == 412);
+        std::string want;
+        for (int i = 0; i < 103; ++i) want += "abcd";
+        CHECK(got == want);
+    }
+    CHECK(ringsock::test::open_fd_count() == fds);
+}
+
+TEST_CASE("speculation: a ping-pong keeps using the ring", "[speculation]") {
+    io_context ctx;
+    auto [a, b] = pair(ctx);
+    const unsigned before = sq_tail(ctx);
+    ctx.sync_wait([](stream_socket& a, stream_socket& b) -> task<void> {
+        std::array<char, 4> in{};
+        for (int i = 0; i < 50; ++i) {
+            {
+                auto r_1 = co_await a.write_all(std::string_view("ping"));
+                REQUIRE(r_1);
+            }
+            {
+                auto r_2 = co_await b.read_exact(in);
+                REQUIRE(r_2);
+            }
+            {
+                auto r_3 = co_await b.write_all(std::string_view("pong"));
+                REQUIRE(r_3);
+            }
+            {
+                auto r_4 = co_await a.read_exact(in);
+                REQUIRE(r_4);
+            }
+            REQUIRE(std::string_view(in.data(), 4) == "pong");
+        }
+    }(a, b));
+    CHECK(sq_tail(ctx) - before >= 150);  // each socket alternates: its requests go to the ring
+}
+
+TEST_CASE("speculation: a write_all larger than the socket buffer sends part directly and the rest on the ring",
+          "[speculation]") {
+    const auto fds = ringsock::test::open_fd_count();
+    {
+        io_context ctx;
+        auto [a, b] = pair(ctx);
+        int small = 4096;
+        REQUIRE(::setsockopt(a.native_handle(), SOL_SOCKET, SO_SNDBUF, &small, sizeof small) == 0);
+        std::vector<std::uint8_t> data(1 << 20);
+        for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<std::uint8_t>(i * 7 + i / 251);
+        std::vector<std::uint8_t> got(data.size());
+        ctx.sync_wait([](stream_socket& a, stream_socket& b, std::vector<std::uint8_t>& data,
+                         std::vector<std::uint8_t>& got) -> task<void> {
+            auto first = co_await a.write_all(std::string_view("x"));  // start a run of sends
+            REQUIRE(first);
+            std::array<char, 1> one{};
+            {
+                auto r_5 = co_await b.read_exact(one);
+                REQUIRE(r_5);
+            }
+            ringsock::scope s(a.context());
+            s.spawn([&](std::stop_token) -> task<void> {
+            auto r = co_await b.read_exact(got);
+            REQUIRE(r);
+        });
+            auto w = co_await a.write_all(data);
+            REQUIRE(w);
+            CHECK(*w == data.size());
+            co_await s.join();
+        }(a, b, data, got));
+        CHECK(got == data);
+    }
+    CHECK(ringsock::test::open_fd_count() == fds);
+}
+
+TEST_CASE("speculation: a reader loop gets data that is already there, then waits on the ring for the rest",
+          "[speculation]") {
+    io_context ctx;
+    auto [a, b] = pair(ctx);
+    ctx.sync_wait([](stream_socket& a, stream_socket& b) -> task<void> {
+        std::array<char, 3> in{};
+        REQUIRE(::send(a.native_handle(), "abcdef", 6, 0) == 6);
+        {
+            auto r_6 = co_await b.read_exact(in);
+            REQUIRE(r_6);
+        }
+        CHECK(std::string_view(in.data(), 3) == "abc");
+        {
+            auto r_7 = co_await b.read_exact(in);
+            REQUIRE(r_7);
+        }
+        CHECK(std::string_view(in.data(), 3) == "def");
+        // Nothing there now: the attempt misses and the ring waits for the peer.
+        ringsock::scope s(a.context());
+        s.spawn([&](std::stop_token) -> task<void> {
+            co_await ringsock::sleep_for(a.context(), 20ms);
+            {
+                auto r_8 = co_await a.write_all(std::string_view("ghi"));
+                REQUIRE(r_8);
+            }
+        });
+        {
+            auto r_9 = co_await b.read_exact(in);
+            REQUIRE(r_9);
+        }
+        CHECK(std::string_view(in.data(), 3) == "ghi");
+        REQUIRE(a.shutdown());
+        auto eof = co_await b.read_some(in);
+        REQUIRE(eof);
+        CHECK(*eof == 0);  // end of stream, found directly
+        co_await s.join();
+    }(a, b));
+}
+
+TEST_CASE("speculation: a direct attempt never overtakes an operation queued on the same direction",
+          "[speculation]") {
+    io_context ctx;
+    auto [a, b] = pair(ctx);
+    int small = 4096;
+    REQUIRE(::setsockopt(a.native_handle(), SOL_SOCKET, SO_SNDBUF, &small, sizeof small) == 0);
+    std::vector<char> big(256 * 1024, 'B');
+    std::string got;
+    ctx.sync_wait([](stream_socket& a, stream_socket& b, std::vector<char>& big, std::string& got) -> task<void> {
+        {
+            auto r_10 = co_await a.write_all(std::string_view("1"));
+            REQUIRE(r_10);
+        }
+        ringsock::scope s(a.context());
+        // The big write blocks on the ring; the small one queues behind it and must not
+        // jump ahead through a direct send.
+        s.spawn([&](std::stop_token) -> task<void> {
+            auto r = co_await a.write_all(big);
+            REQUIRE(r);
+        });
+        s.spawn([&](std::stop_token) -> task<void> {
+            auto r = co_await a.write_all(std::string_view("END"));
+            REQUIRE(r);
+        });
+        s.spawn([&](std::stop_token) -> task<void> {
+            std::vector<char> in(big.size() + 4);
+            {
+                auto r_11 = co_await b.read_exact(in);
+                REQUIRE(r_11);
+            }
+            got.assign(in.begin(), in.end());
+        });
+        co_await s.join();
+    }(a, b, big, got));
+    REQUIRE(got.size() == big.size() + 4);
+    CHECK(got.front() == '1');
+    CHECK(got.substr(1, 3) == "BBB");
+    CHECK(got.substr(got.size() - 3) == "END");
+}
+
+TEST_CASE("speculation: a datagram longer than the buffer read directly is reported truncated", "[speculation]") {
+    const auto fds = ringsock::test::open_fd_count();
+    {
+        io_context ctx;
+        auto p = datagram_socket::pair(ctx);
+        REQUIRE(p);
+        auto& [a, b] = *p;
+        ctx.sync_wait([](datagram_socket& a, datagram_socket& b) -> task<void> {
+            std::array<char, 4> in{};
+            for (int i = 0; i < 3; ++i) {
+                {
+                    auto r_12 = co_await a.send(std::string_view("0123456789"));
+                    REQUIRE(r_12);
+                }
+                auto r = co_await b.receive_bytes(in);
+                REQUIRE_FALSE(r);
+                CHECK(r.error() == ringsock::errc::message_truncated);
+                CHECK(r.partial_value() == 4);
+            }
+            // A run of receives: the later ones are direct, with the same result.
+            for (int i = 0; i < 3; ++i) {
+                auto r = co_await a.send(std::string_view("abcdefgh"));
+                REQUIRE(r);
+            }
+            for (int i = 0; i < 3; ++i) {
+                auto r = co_await b.receive_bytes(in);
+                CHECK(r.error() == ringsock::errc::message_truncated);
+                CHECK(std::string_view(in.data(), 4) == "abcd");
+            }
+        }(a, b));
+    }
+    CHECK(ringsock::test::open_fd_count() == fds);
+}
