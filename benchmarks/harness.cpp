@@ -667,7 +667,9 @@ int run_main(int argc, char** argv) {
                  "      median and p10..p90 of per-slice rates; xNAME = median over rounds of\n"
                  "      (rate / NAME's rate in the same round)\n",
                  o.slice_ms, o.duration_s);
-  for (const auto* i : impls) std::fprintf(out, "  %-16s %s\n", i->name.c_str(), i->description.c_str());
+  int name_w = 16;
+  for (const auto* i : impls) name_w = std::max(name_w, static_cast<int>(i->name.size()));
+  for (const auto* i : impls) std::fprintf(out, "  %-*s %s\n", name_w, i->name.c_str(), i->description.c_str());
   std::fflush(out);
 
   std::string json = "{\n  \"kernel\": " + json_string(si.kernel_release) +
