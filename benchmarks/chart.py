@@ -5,9 +5,11 @@
     python3 benchmarks/chart.py results.json -o chart.png
 
 One cluster per workload, one bar per implementation, each bar the implementation's
-median divided by raw liburing's median in the same run (the number the table prints
-in its xraw_uring column), so 1.0 is the hand-written liburing baseline; a dashed
-line marks the 0.95 target. Needs gnuplot (Debian: gnuplot-nox).
+median divided by the baseline's median in the same run (the number the table prints
+in its xraw_uring_floor column), so 1.0 is the strongest hand-written liburing
+schedule; a dashed line marks the 0.95 target. --baseline picks another ratio
+column (e.g. raw_uring_preposted); results from before the split, whose only raw
+baseline was "raw_uring", use that. Needs gnuplot (Debian: gnuplot-nox).
 """
 
 import argparse
@@ -18,12 +20,18 @@ import subprocess
 import sys
 import tempfile
 
-BASELINE = "raw_uring"
-# Bars in this order, when present; raw_uring itself is the 1.0 line.
-DEFAULT_IMPLS = ["ringsock", "raw_uring_nodt", "asio", "epoll", "blocking"]
+# The first of these that the results have a ratio for is the 1.0 line.
+BASELINES = ["raw_uring_floor", "raw_uring"]
+# Bars in this order, when present.
+DEFAULT_IMPLS = ["ringsock", "raw_uring_preposted", "raw_uring_mshot", "asio", "epoll", "blocking"]
 LABELS = {
     "ringsock": "ringsock",
     "ringsock_nodt": "ringsock, no DEFER_TASKRUN",
+    "raw_uring_floor": "raw liburing, recv behind send (floor)",
+    "raw_uring_preposted": "raw liburing, recv pre-posted",
+    "raw_uring_preposted_nodt": "raw liburing, pre-posted, no DEFER_TASKRUN",
+    "raw_uring_mshot": "raw liburing, multishot + buffer ring",
+    "raw_uring": "raw liburing",
     "raw_uring_nodt": "raw liburing, no DEFER_TASKRUN",
     "asio": "Boost.Asio (io_uring)",
     "epoll": "epoll",
@@ -39,23 +47,30 @@ def load(path):
     return data
 
 
-def ratios(data, impls):
+def pick_baseline(data):
+    for b in BASELINES:
+        if any(r.get("ratios", {}).get(b) is not None for r in data["results"]):
+            return b
+    sys.exit(f"chart.py: no result has a ratio to any of {', '.join(BASELINES)}; run the benchmark without --filter")
+
+
+def ratios(data, impls, baseline):
     """{workload: {impl: ratio}} in the order workloads first appear."""
     table = {}
     for r in data["results"]:
         if r.get("error"):
             continue
-        ratio = r.get("ratios", {}).get(BASELINE)
+        ratio = r.get("ratios", {}).get(baseline)
         if ratio is None:
             continue
         table.setdefault(r["workload"], {})[r["impl"]] = ratio
     workloads = [w for w in table if any(i in table[w] for i in impls)]
     if not workloads:
-        sys.exit(f"chart.py: no result has a ratio to {BASELINE}; run the benchmark without --filter")
+        sys.exit(f"chart.py: no result has a ratio to {baseline}; run the benchmark without --filter")
     return workloads, table
 
 
-def gnuplot_script(datafile, out, fmt, title, impls, n_workloads):
+def gnuplot_script(datafile, out, fmt, title, impls, n_workloads, baseline):
     width = max(900, 95 * n_workloads + 200)
     term = (f"pngcairo size {width},560 font 'Sans,10'" if fmt == "png"
             else f"svg size {width},560 font 'Sans,10' background rgb 'white'")
@@ -70,7 +85,7 @@ def gnuplot_script(datafile, out, fmt, title, impls, n_workloads):
         "set datafile separator '\\t'",
         "set datafile missing '-'",
         "set key outside top center horizontal noenhanced",
-        "set ylabel 'rate / raw liburing rate, same run'",
+        f"set ylabel 'rate / {LABELS.get(baseline, baseline)} rate, same run' noenhanced",
         "set yrange [0:*]",
         "set grid ytics",
         "set xtics rotate by 30 right noenhanced",
@@ -92,6 +107,8 @@ def main():
     ap.add_argument("-o", "--output", required=True, help="chart file: .png or .svg")
     ap.add_argument("--impl", action="append", help="implementations to draw (repeatable); default: "
                     + ", ".join(DEFAULT_IMPLS))
+    ap.add_argument("--baseline", help="ratio column that is the 1.0 line (default: the first of "
+                    + ", ".join(BASELINES) + " present)")
     ap.add_argument("--title", help="chart title (default: from the run's machine description)")
     args = ap.parse_args()
 
@@ -103,10 +120,12 @@ def main():
         sys.exit("chart.py: gnuplot not found (apt-get install gnuplot-nox)")
 
     data = load(args.json)
-    wanted = args.impl or DEFAULT_IMPLS
-    workloads, table = ratios(data, wanted)
+    baseline = args.baseline or pick_baseline(data)
+    wanted = args.impl or ([i for i in DEFAULT_IMPLS if i != baseline] +
+                           (["raw_uring_nodt"] if baseline == "raw_uring" else []))
+    workloads, table = ratios(data, wanted, baseline)
     impls = [i for i in wanted if any(i in table[w] for w in workloads)]
-    title = args.title or (f"ringsock vs raw liburing: {data.get('cpu', '?')} x{data.get('cpus', '?')}, "
+    title = args.title or (f"ringsock vs {LABELS.get(baseline, baseline)}: {data.get('cpu', '?')} x{data.get('cpus', '?')}, "
                            f"Linux {data.get('kernel', '?')}, {data.get('compiler', '?')}, "
                            f"liburing {data.get('liburing', '?')}")
 
@@ -118,7 +137,7 @@ def main():
                 f.write("\t".join([w] + cells) + "\n")
         script = os.path.join(tmp, "chart.gp")
         with open(script, "w", encoding="utf-8") as f:
-            f.write(gnuplot_script(datafile, os.path.abspath(args.output), fmt, title, impls, len(workloads)))
+            f.write(gnuplot_script(datafile, os.path.abspath(args.output), fmt, title, impls, len(workloads), baseline))
         proc = subprocess.run([gnuplot, script], capture_output=True, text=True)
         if proc.returncode != 0 or not os.path.exists(args.output) or os.path.getsize(args.output) == 0:
             sys.exit(f"chart.py: gnuplot failed ({proc.returncode}): {proc.stderr.strip()}")

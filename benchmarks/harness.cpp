@@ -244,7 +244,8 @@ void usage(std::FILE* f) {
       "  --json           machine-readable results on stdout (table goes to stderr)\n"
       "  --iterations N   run N ops per cell once, no time slicing (callgrind:\n"
       "                   each cell is a separate dump named workload/impl)\n"
-      "  --filter SUBSTR  only cells whose \"workload/impl\" contains SUBSTR\n"
+      "  --filter SUBSTR  only cells whose \"workload/impl\" contains SUBSTR; a\n"
+      "                   trailing '$' anchors the end (pingpong_1thread/ringsock$)\n"
       "                   (repeat or separate with ',' for alternatives)\n"
       "  --duration SEC   measured time per workload, shared by its implementations\n"
       "                   (default 3, quick 0.8)\n"
@@ -330,8 +331,12 @@ options parse(int argc, char** argv) {
 
 bool matches(const options& o, const std::string& key) {
   if (o.filters.empty()) return true;
-  return std::any_of(o.filters.begin(), o.filters.end(),
-                     [&](const std::string& f) { return key.find(f) != std::string::npos; });
+  return std::any_of(o.filters.begin(), o.filters.end(), [&](const std::string& f) {
+    // A trailing '$' anchors the end: "pingpong_1thread/ringsock$" is that cell only.
+    if (!f.empty() && f.back() == '$')
+      return key.size() >= f.size() - 1 && key.compare(key.size() - (f.size() - 1), f.size() - 1, f, 0, f.size() - 1) == 0;
+    return key.find(f) != std::string::npos;
+  });
 }
 
 int baseline_rank(const std::string& name) {
@@ -447,7 +452,7 @@ struct cell {
   std::vector<double> round_rates;  // per round, NaN when not measured
   std::vector<std::int64_t> lat;
   std::size_t lat_next = 0;
-  std::uint64_t ops = 0, bytes = 0, allocs = 0;
+  std::uint64_t ops = 0, bytes = 0, allocs = 0, enters = 0;
   double seconds = 0;
   std::string error;
   bool ok() const { return s != nullptr && error.empty(); }
@@ -457,6 +462,7 @@ struct cell_stats {
   std::size_t slices = 0;
   double median = NAN, p10 = NAN, p90 = NAN, min = NAN, max = NAN;
   double allocs_per_op = NAN;
+  double enters_per_op = NAN;  // NaN when the session does not count enters
   double lat_p50_us = NAN, lat_p99_us = NAN;
   std::size_t lat_samples = 0;
   std::vector<std::pair<std::string, double>> ratios;  // baseline -> median ratio
@@ -479,6 +485,7 @@ double run_slice(cell& c, std::int64_t slice_ns, std::uint64_t max_ops, bool rec
       c.ops += r.ops;
       c.bytes += r.bytes;
       c.allocs += a1 - a0;
+      c.enters += r.enters;
       c.seconds += secs;
     }
     return (c.w->rate_in_bytes ? static_cast<double>(r.bytes) : static_cast<double>(r.ops)) / secs;
@@ -505,6 +512,7 @@ cell_stats compute_stats(const cell& c, const std::vector<cell>& all) {
     st.max = r.back();
   }
   if (c.ops > 0) st.allocs_per_op = static_cast<double>(c.allocs) / static_cast<double>(c.ops);
+  if (c.ops > 0 && c.enters > 0) st.enters_per_op = static_cast<double>(c.enters) / static_cast<double>(c.ops);
   std::size_t n = std::min(c.lat_next, c.lat.size());
   if (n > 0) {
     std::vector<double> l(c.lat.begin(), c.lat.begin() + static_cast<std::ptrdiff_t>(n));
@@ -582,26 +590,35 @@ void print_table(std::FILE* out, const workload& w, const std::vector<cell>& cel
   const char* unit = w.rate_in_bytes ? "GB/s" : "/s";
   std::fprintf(out, "\n%s: %s  [%s%s%s%s]\n", w.name.c_str(), w.description.c_str(),
                w.rate_in_bytes ? "" : w.unit.c_str(), unit, where.empty() ? "" : "; ", where.c_str());
-  std::fprintf(out, "  %-16s %10s %21s", "impl", "median", iterations_mode ? "" : "p10..p90");
-  if (w.latency) std::fprintf(out, " %15s", "lat p50/p99 us");
+  int name_w = 16;
+  for (const auto& c : cells) name_w = std::max(name_w, static_cast<int>(c.impl->name.size()));
+  const bool enters = std::any_of(stats.begin(), stats.end(), [](const cell_stats& st) { return !std::isnan(st.enters_per_op); });
+  std::fprintf(out, "  %-*s %9s %17s", name_w, "impl", "median", iterations_mode ? "" : "p10..p90");
+  if (w.latency) std::fprintf(out, " %13s", "lat p50/p99us");
   std::fprintf(out, " %9s", "allocs/op");
-  std::vector<std::string> bases;
+  if (enters) std::fprintf(out, " %9s", "enters/op");
+  // Ratio columns: "x" + baseline name, at least 6 wide.
+  std::vector<int> widths;
   if (!stats.empty())
-    for (const auto& [b, m] : stats.front().ratios) bases.push_back(b);
-  for (const auto& b : bases) std::fprintf(out, " %11s", ("x" + b).c_str());
+    for (const auto& [b, m] : stats.front().ratios) {
+      widths.push_back(std::max(6, static_cast<int>(b.size()) + 1));
+      std::fprintf(out, " %*s", widths.back(), ("x" + b).c_str());
+    }
   std::fprintf(out, " %6s\n", "slices");
   for (std::size_t i = 0; i < cells.size(); ++i) {
     const cell& c = cells[i];
     const cell_stats& st = stats[i];
-    std::fprintf(out, "  %-16s %10s", c.impl->name.c_str(), fmt_rate(st.median, w.rate_in_bytes).c_str());
+    std::fprintf(out, "  %-*s %9s", name_w, c.impl->name.c_str(), fmt_rate(st.median, w.rate_in_bytes).c_str());
     std::string spread = iterations_mode ? ""
                                          : fmt_rate(st.p10, w.rate_in_bytes) + ".." +
                                                fmt_rate(st.p90, w.rate_in_bytes);
-    std::fprintf(out, " %21s", spread.c_str());
+    std::fprintf(out, " %17s", spread.c_str());
     if (w.latency)
-      std::fprintf(out, " %15s", (fmt("%.2f", st.lat_p50_us) + "/" + fmt("%.2f", st.lat_p99_us)).c_str());
+      std::fprintf(out, " %13s", (fmt("%.2f", st.lat_p50_us) + "/" + fmt("%.2f", st.lat_p99_us)).c_str());
     std::fprintf(out, " %9s", fmt("%.3f", st.allocs_per_op).c_str());
-    for (const auto& [b, m] : st.ratios) std::fprintf(out, " %11s", fmt("%.2f", m).c_str());
+    if (enters) std::fprintf(out, " %9s", fmt("%.2f", st.enters_per_op).c_str());
+    for (std::size_t k = 0; k < st.ratios.size(); ++k)
+      std::fprintf(out, " %*s", k < widths.size() ? widths[k] : 6, fmt("%.2f", st.ratios[k].second).c_str());
     std::fprintf(out, " %6zu", st.slices);
     if (!c.error.empty()) std::fprintf(out, "  ERROR: %s", c.error.c_str());
     std::fputc('\n', out);
@@ -650,7 +667,9 @@ int run_main(int argc, char** argv) {
                  "      median and p10..p90 of per-slice rates; xNAME = median over rounds of\n"
                  "      (rate / NAME's rate in the same round)\n",
                  o.slice_ms, o.duration_s);
-  for (const auto* i : impls) std::fprintf(out, "  %-16s %s\n", i->name.c_str(), i->description.c_str());
+  int name_w = 16;
+  for (const auto* i : impls) name_w = std::max(name_w, static_cast<int>(i->name.size()));
+  for (const auto* i : impls) std::fprintf(out, "  %-*s %s\n", name_w, i->name.c_str(), i->description.c_str());
   std::fflush(out);
 
   std::string json = "{\n  \"kernel\": " + json_string(si.kernel_release) +
@@ -742,7 +761,8 @@ int run_main(int argc, char** argv) {
               ", \"max\": " + json_number(st.max) + ", \"slices\": " + std::to_string(st.slices) +
               ", \"ops\": " + std::to_string(c.ops) + ", \"bytes\": " + std::to_string(c.bytes) +
               ", \"seconds\": " + json_number(c.seconds) +
-              ", \"allocs_per_op\": " + json_number(st.allocs_per_op);
+              ", \"allocs_per_op\": " + json_number(st.allocs_per_op) +
+              ", \"enters_per_op\": " + json_number(st.enters_per_op);
       if (w.latency)
         json += ", \"latency_us\": {\"p50\": " + json_number(st.lat_p50_us) +
                 ", \"p99\": " + json_number(st.lat_p99_us) +

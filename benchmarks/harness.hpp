@@ -92,9 +92,13 @@ struct workload {
 const std::vector<workload>& workloads();
 
 // What run() returns: ops done in this slice (see kind) and payload bytes moved.
+// enters: io_uring_enter calls made by all the session's threads during the slice,
+// for sessions that count them (the raw_uring ones); 0 means "not counted" and
+// the table shows "-".
 struct counts {
   std::uint64_t ops = 0;
   std::uint64_t bytes = 0;
+  std::uint64_t enters = 0;
 };
 
 // ---------------------------------------------------------------------------
@@ -161,14 +165,14 @@ factory make() {
 }
 
 struct implementation {
-  std::string name;          // column/row name, e.g. "raw_uring"
+  std::string name;          // column/row name, e.g. "raw_uring_floor"
   std::string description;   // one line, printed in the header
   std::map<kind, factory> factories;
 };
 
 // Registration happens during static initialisation (bench::registrar) or from
-// main() before bench::run_main; the table orders the baselines blocking, epoll,
-// raw_uring first, then the rest by name.
+// main() before bench::run_main; the table orders the baselines (baseline_names)
+// first, then the rest by name.
 void register_implementation(implementation impl);
 
 struct registrar {
@@ -184,11 +188,12 @@ void pin_peer_thread() noexcept;
 // the process: factories skip such cells (return nullptr) when this is true.
 bool running_on_valgrind() noexcept;
 
-// A line printed under the header (e.g. "raw_uring: DEFER_TASKRUN unavailable").
+// A line printed under the header (e.g. "raw_uring_floor: DEFER_TASKRUN unavailable").
 void add_note(std::string note);
 
-// Baselines that get a ratio column.
-inline constexpr const char* baseline_names[] = {"blocking", "epoll", "raw_uring"};
+// Baselines that get a ratio column.  raw_uring_floor is the strongest raw
+// liburing schedule (see impl_raw_uring.cpp): the one ringsock is judged against.
+inline constexpr const char* baseline_names[] = {"blocking", "epoll", "raw_uring_preposted", "raw_uring_floor"};
 
 // ---------------------------------------------------------------------------
 // Helper for one_way sessions: the reader thread publishes bytes received; run()

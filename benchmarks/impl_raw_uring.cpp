@@ -1,4 +1,8 @@
-// Baseline "raw_uring": hand-written liburing without coroutines.
+// Raw liburing baselines, hand-written without coroutines.  Two schedules:
+//
+// raw_uring_preposted ("the usual design"): a receive is posted as soon as the
+//   previous one completed, so it is armed before its data is sent: it finds the
+//   socket empty, arms poll, and finishes through task-work when the data comes.
 //  - one ring per thread, IORING_SETUP_SINGLE_ISSUER|DEFER_TASKRUN (falls back to a
 //    plain ring, with a note, if the kernel refuses), CQ sized 4x the SQ, registered
 //    ring fd;
@@ -7,14 +11,21 @@
 //  - sockets are blocking (no O_NONBLOCK) and use RECV/SEND/RECVMSG/SENDMSG SQEs with
 //    MSG_NOSIGNAL, never READ/WRITE; small atomic sends and closes use
 //    IOSQE_CQE_SKIP_SUCCESS; at most one send and one recv in flight per socket.
-//  - recvs are posted as soon as the previous one completed ("the usual design":
-//    a recv is armed before its data is sent).
-// Variants registered here:
-//  raw_uring_nodt    the same code on a ring without SINGLE_ISSUER|DEFER_TASKRUN;
-//  raw_uring_inline  pingpong only: each recv is submitted in the same enter as,
-//                    and after, the send that feeds it, so it finds its data and
-//                    completes inline (no poll arm, no task-work).  Needs to know
-//                    the peer is local: an upper bound, not a reactive design.
+//
+// raw_uring_floor (FACTS.md "Performance facts"): the same ring and loop, plus
+//   registered (fixed) files, and every receive whose data comes from this thread is
+//   submitted in the same io_uring_enter as, and queued *behind*, the send that
+//   feeds it, so it finds the data and completes inline: 2 enters per one-thread
+//   round trip, no poll arm, no task-work.  A loop that submits a turn's SQEs in the
+//   order they were issued gets this whenever the peer is local and busy.  Where the
+//   data comes from another thread (pingpong_2thread, one_way) no receive can be
+//   queued behind the peer's send; there the floor uses what is left: fixed files,
+//   and IORING_RECVSEND_POLL_FIRST on receives that are known to find nothing.
+//
+// Variants:
+//  raw_uring_preposted_nodt  the preposted code on a ring without SINGLE_ISSUER|DEFER_TASKRUN;
+//  raw_uring_mshot           pingpong only: one multishot RECV per socket end from a
+//                            provided buffer ring.
 #include <fcntl.h>
 #include <liburing.h>
 #include <sys/socket.h>
@@ -22,6 +33,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -37,13 +49,13 @@ using namespace bench;
 struct config {
   const char* name;
   bool defer_taskrun;
-  bool inline_recv;
+  bool floor;              // the floor schedule (see the top of this file) + fixed files
   bool multishot = false;  // pingpong: multishot RECV from a provided buffer ring
 };
 
-constexpr config cfg_default{"raw_uring", true, false};
-constexpr config cfg_nodt{"raw_uring_nodt", false, false};
-constexpr config cfg_inline{"raw_uring_inline", true, true};
+constexpr config cfg_preposted{"raw_uring_preposted", true, false};
+constexpr config cfg_nodt{"raw_uring_preposted_nodt", false, false};
+constexpr config cfg_floor{"raw_uring_floor", true, true};
 constexpr config cfg_mshot{"raw_uring_mshot", true, false, true};
 
 struct completion {
@@ -67,7 +79,10 @@ unsigned pow2_at_least(std::size_t n) {
 
 class ring {
  public:
-  ring(const config& cfg, unsigned entries, unsigned cq_entries) {
+  // enters: where to count io_uring_enter calls (the session's, so a peer thread's
+  // ring can report to the measuring thread); written only by the ring's thread.
+  ring(const config& cfg, unsigned entries, unsigned cq_entries, std::atomic<std::uint64_t>* enters = nullptr)
+      : enters_(enters != nullptr ? enters : &own_enters_) {
     io_uring_params p{};
     p.flags = IORING_SETUP_CQSIZE;
     p.cq_entries = cq_entries;
@@ -92,6 +107,7 @@ class ring {
     io_uring_sqe* e = io_uring_get_sqe(&r_);
     if (e == nullptr) {  // SQ full: submit what is there (never fail an op for that)
       io_uring_submit(&r_);
+      count_enter();
       e = io_uring_get_sqe(&r_);
       if (e == nullptr) throw std::runtime_error("io_uring: no SQE after submit");
     }
@@ -104,15 +120,21 @@ class ring {
   void turn(F&& f) {
     if (io_uring_sq_ready(&r_) != 0 || io_uring_cq_ready(&r_) == 0) {
       for (;;) {
+        count_enter();
         int rc = io_uring_submit_and_wait(&r_, 1);
         if (rc >= 0 || rc == -EBUSY || rc == -EAGAIN) break;  // EBUSY/EAGAIN: reap first
         if (rc != -EINTR) throw_res(rc, "io_uring_submit_and_wait");
       }
     }
-    std::array<io_uring_cqe*, batch> cqes;
-    unsigned n = io_uring_peek_batch_cqe(&r_, cqes.data(), batch);
+    // Inline reaping (io_uring_peek_batch_cqe is an out-of-line call that also
+    // checks for overflow flushes, which NODROP + check_overflow cover here).
+    const unsigned head = *r_.cq.khead;
+    const unsigned n = std::min(io_uring_smp_load_acquire(r_.cq.ktail) - head, batch);
     std::array<completion, batch> done;
-    for (unsigned i = 0; i < n; ++i) done[i] = {cqes[i]->user_data, cqes[i]->res, cqes[i]->flags};
+    for (unsigned i = 0; i < n; ++i) {
+      const io_uring_cqe& cqe = r_.cq.cqes[(head + i) & r_.cq.ring_mask];
+      done[i] = {cqe.user_data, cqe.res, cqe.flags};
+    }
     io_uring_cq_advance(&r_, n);
     for (unsigned i = 0; i < n; ++i) f(done[i]);
   }
@@ -120,7 +142,21 @@ class ring {
   io_uring* get() noexcept { return &r_; }
 
   // Submit without waiting (e.g. trailing close SQEs at the end of a slice).
-  void flush() { io_uring_submit(&r_); }
+  void flush() {
+    if (io_uring_sq_ready(&r_) == 0) return;
+    count_enter();
+    io_uring_submit(&r_);
+  }
+
+  // Registers fds as fixed files 0..n-1; from then on send/recv/close take an index
+  // into that table instead of a descriptor.
+  void register_files(const int* fds, unsigned n) {
+    if (int rc = io_uring_register_files(&r_, fds, n); rc < 0) throw_res(rc, "io_uring_register_files");
+    fixed_ = true;
+  }
+  bool fixed() const noexcept { return fixed_; }
+
+  std::uint64_t enters() const noexcept { return enters_->load(std::memory_order_relaxed); }
 
   void check_overflow() const {
     if (*r_.cq.koverflow != 0) throw std::runtime_error("io_uring: CQ overflow dropped completions");
@@ -130,11 +166,16 @@ class ring {
     io_uring_sqe* e = sqe();
     io_uring_prep_send(e, fd, p, n, flags | MSG_NOSIGNAL);
     if (skip_success) e->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    if (fixed_) e->flags |= IOSQE_FIXED_FILE;
     e->user_data = data;
   }
-  void recv(int fd, void* p, std::size_t n, std::uint64_t data) {
+  // poll_first: IORING_RECVSEND_POLL_FIRST, for a recv that is known to find the
+  // socket empty (it skips the attempt and arms poll at once).
+  void recv(int fd, void* p, std::size_t n, std::uint64_t data, bool poll_first = false) {
     io_uring_sqe* e = sqe();
     io_uring_prep_recv(e, fd, p, n, 0);
+    if (poll_first) e->ioprio |= IORING_RECVSEND_POLL_FIRST;
+    if (fixed_) e->flags |= IOSQE_FIXED_FILE;
     e->user_data = data;
   }
   void close(int fd) {
@@ -145,8 +186,13 @@ class ring {
   }
 
  private:
+  void count_enter() noexcept { enters_->store(enters_->load(std::memory_order_relaxed) + 1, std::memory_order_relaxed); }
+
   static constexpr unsigned batch = 256;
   io_uring r_{};
+  std::atomic<std::uint64_t> own_enters_{0};
+  std::atomic<std::uint64_t>* enters_;
+  bool fixed_ = false;
 };
 
 // A CQE of an op posted with CQE_SKIP_SUCCESS only arrives on failure (or, for a
@@ -170,6 +216,14 @@ class pingpong final : public session {
               pow2_at_least(std::max<std::size_t>(256, 4 * w.conns))) {
     for (std::size_t i = 0; i < w.conns; ++i) pairs_.push_back(make_socketpair(SOCK_STREAM));
     if (cfg_.multishot) setup_buffers(pow2_at_least(4 * w.conns));
+    if (cfg_.floor) {  // fixed file 2i is pairs_[i].a, 2i+1 is pairs_[i].b
+      std::vector<int> fds;
+      for (const auto& p : pairs_) {
+        fds.push_back(p.a.get());
+        fds.push_back(p.b.get());
+      }
+      ring_.register_files(fds.data(), static_cast<unsigned>(fds.size()));
+    }
   }
   ~pingpong() override {
     if (br_ != nullptr) {
@@ -180,9 +234,10 @@ class pingpong final : public session {
 
   counts run(slice& s) override {
     counts c;
+    const std::uint64_t enters0 = ring_.enters();
     if (!started_) {
       for (std::size_t i = 0; i < pairs_.size(); ++i) {
-        if (!cfg_.inline_recv) {
+        if (!cfg_.floor) {
           post_recv(i, recv_b);
           post_recv(i, recv_a);
         }
@@ -216,12 +271,12 @@ class pingpong final : public session {
             }
             got = 0;
             if (o == recv_b) {  // B echoes
-              ring_.send(pairs_[i].b.get(), out_.data(), msg_, 0, ud(i, send_b), true);
-              if (!cfg_.multishot) post_recv(i, cfg_.inline_recv ? recv_a : recv_b);
+              ring_.send(fd_b(i), out_.data(), msg_, 0, ud(i, send_b), true);
+              if (!cfg_.multishot) post_recv(i, cfg_.floor ? recv_a : recv_b);
             } else {  // round trip complete
               if (t0_[i] != 0) s.record_latency(slice::now_ns() - t0_[i]);
               ++c.ops;
-              if (!cfg_.inline_recv && !cfg_.multishot) post_recv(i, recv_a);
+              if (!cfg_.floor && !cfg_.multishot) post_recv(i, recv_a);
               start(s, i);
             }
             break;
@@ -239,6 +294,7 @@ class pingpong final : public session {
     // Round trips still in flight finish in a later slice: don't time them.
     std::fill(t0_.begin(), t0_.end(), 0);
     c.bytes = c.ops * msg_ * 2;
+    c.enters = ring_.enters() - enters0;
     return c;
   }
 
@@ -262,7 +318,7 @@ class pingpong final : public session {
   }
   void post_recv(std::size_t i, op o) {
     const std::size_t slot = 2 * i + (o == recv_b);
-    const int fd = o == recv_b ? pairs_[i].b.get() : pairs_[i].a.get();
+    const int fd = o == recv_b ? fd_b(i) : fd_a(i);
     if (cfg_.multishot) {
       io_uring_sqe* e = ring_.sqe();
       io_uring_prep_recv_multishot(e, fd, nullptr, 0, 0);
@@ -275,9 +331,12 @@ class pingpong final : public session {
   }
   void start(slice& s, std::size_t i) {
     t0_[i] = s.sample(seq_++) ? slice::now_ns() : 0;
-    ring_.send(pairs_[i].a.get(), out_.data(), msg_, 0, ud(i, send_a), true);
-    if (cfg_.inline_recv) post_recv(i, recv_b);  // after the send that feeds it
+    ring_.send(fd_a(i), out_.data(), msg_, 0, ud(i, send_a), true);
+    if (cfg_.floor) post_recv(i, recv_b);  // behind the send that feeds it
   }
+  // The descriptor, or the fixed-file index, of each end.
+  int fd_a(std::size_t i) const noexcept { return ring_.fixed() ? static_cast<int>(2 * i) : pairs_[i].a.get(); }
+  int fd_b(std::size_t i) const noexcept { return ring_.fixed() ? static_cast<int>(2 * i + 1) : pairs_[i].b.get(); }
 
   // Destroyed bottom-up: the ring (cancelling in-flight ops) goes before the
   // sockets and the buffers the ops point into.
@@ -296,11 +355,15 @@ class pingpong final : public session {
 };
 
 // kind::pingpong_2thread: client on this thread's ring, echo server on a peer
-// thread with its own ring.
+// thread with its own ring.  Each side submits [send, recv] in one enter; the recv
+// is queued behind the send but its data comes from the other thread, so it finds
+// nothing (the floor marks it POLL_FIRST, and uses a fixed file on each ring).
 class pingpong_2thread final : public session {
  public:
   pingpong_2thread(const workload& w, const config& cfg)
       : cfg_(cfg), msg_(w.msg_size), out_(msg_, 'p'), in_(msg_), echo_(msg_), p_(make_socketpair(SOCK_STREAM)), ring_(cfg, 64, 256) {
+    int a = p_.a.get();
+    if (cfg_.floor) ring_.register_files(&a, 1);
     const int b = p_.b.get();
     peer_.start(
         b, [this, b] { echo_loop(b); }, [b] { ::shutdown(b, SHUT_RDWR); });
@@ -308,11 +371,12 @@ class pingpong_2thread final : public session {
 
   counts run(slice& s) override {
     counts c;
-    const int a = p_.a.get();
+    const std::uint64_t enters0 = ring_.enters() + peer_enters_.load(std::memory_order_relaxed);
+    const int a = ring_.fixed() ? 0 : p_.a.get();
     while (!s.done(c.ops)) {
       std::int64_t t0 = s.sample(c.ops) ? slice::now_ns() : 0;
       ring_.send(a, out_.data(), msg_, 0, ud(0, send_a), true);
-      ring_.recv(a, in_.data(), msg_, ud(0, recv_a));
+      ring_.recv(a, in_.data(), msg_, ud(0, recv_a), cfg_.floor);
       std::size_t got = 0;
       while (got < msg_) {
         ring_.turn([&](const completion& cq) {
@@ -330,15 +394,18 @@ class pingpong_2thread final : public session {
     }
     ring_.check_overflow();
     c.bytes = c.ops * msg_ * 2;
+    c.enters = ring_.enters() + peer_enters_.load(std::memory_order_relaxed) - enters0;
     return c;
   }
 
  private:
-  void echo_loop(int b) {
-    ring r(cfg_, 64, 256);  // created on, and used only by, this thread
+  void echo_loop(int fd) {
+    ring r(cfg_, 64, 256, &peer_enters_);  // created on, and used only by, this thread
+    if (cfg_.floor) r.register_files(&fd, 1);
+    const int b = r.fixed() ? 0 : fd;
     std::size_t got = 0;
     bool stop = false;
-    r.recv(b, echo_.data(), msg_, ud(0, recv_b));
+    r.recv(b, echo_.data(), msg_, ud(0, recv_b), cfg_.floor);
     while (!stop) {
       r.turn([&](const completion& cq) {
         if (ud_op(cq.user_data) == send_b) return check_skipped(cq, msg_, "send");
@@ -348,11 +415,12 @@ class pingpong_2thread final : public session {
         }
         if (cq.res < 0) throw_res(cq.res, "recv");
         got += static_cast<std::size_t>(cq.res);
-        if (got == msg_) {
+        const bool sent = got == msg_;
+        if (sent) {
           got = 0;
           r.send(b, echo_.data(), msg_, 0, ud(0, send_b), true);
         }
-        r.recv(b, echo_.data() + got, msg_ - got, ud(0, recv_b));
+        r.recv(b, echo_.data() + got, msg_ - got, ud(0, recv_b), cfg_.floor && sent);
       });
     }
   }
@@ -361,12 +429,16 @@ class pingpong_2thread final : public session {
   std::size_t msg_;
   std::vector<char> out_, in_, echo_;
   fd_pair p_;
+  std::atomic<std::uint64_t> peer_enters_{0};
   ring ring_;
   peer_thread peer_;  // joined first
 };
 
 // kind::one_way: writer on this thread's ring (one send in flight, MSG_WAITALL on
-// streams so the kernel retries partial sends), reader thread with its own ring.
+// streams so the kernel retries partial sends), reader thread with its own ring
+// that re-posts its recv right after handling a completion (it completes inline
+// when the writer is ahead).  The floor only adds fixed files here: the reader's
+// data comes from another thread, so no recv can be queued behind its send.
 class one_way final : public session {
  public:
   one_way(const workload& w, const config& cfg)
@@ -378,6 +450,8 @@ class one_way final : public session {
         in_(msg_),
         p_(make_socketpair(w.sock_type)),
         ring_(cfg, 64, 256) {
+    int a = p_.a.get();
+    if (cfg_.floor) ring_.register_files(&a, 1);
     const int b = p_.b.get();
     peer_.start(
         b, [this, b] { read_loop(b); },
@@ -389,7 +463,8 @@ class one_way final : public session {
 
   counts run(slice& s) override {
     counts c;
-    const int a = p_.a.get();
+    const std::uint64_t enters0 = ring_.enters() + peer_enters_.load(std::memory_order_relaxed);
+    const int a = ring_.fixed() ? 0 : p_.a.get();
     std::size_t off = 0;
     while (off != 0 || !s.done(c.ops)) {
       ring_.send(a, out_.data() + off, msg_ - off, send_flags_, ud(0, send_a), false);
@@ -409,18 +484,22 @@ class one_way final : public session {
     c.bytes = c.ops * msg_;
     written_ += c.bytes;
     prog_.wait_for(written_);
+    c.enters = ring_.enters() + peer_enters_.load(std::memory_order_relaxed) - enters0;
     return c;
   }
 
  private:
-  void read_loop(int b) {
-    ring r(cfg_, 64, 256);
+  void read_loop(int fd) {
+    ring r(cfg_, 64, 256, &peer_enters_);
+    if (cfg_.floor) r.register_files(&fd, 1);
+    const int b = r.fixed() ? 0 : fd;
     bool stop = false;
     control_recv cr(in_.data(), msg_);
     auto post = [&] {
       if (!use_recvmsg_) return r.recv(b, in_.data(), msg_, ud(0, recv_b));
       io_uring_sqe* e = r.sqe();
       io_uring_prep_recvmsg(e, b, &cr.msg, control_recv::flags);
+      if (r.fixed()) e->flags |= IOSQE_FIXED_FILE;
       e->user_data = ud(0, recv_b);
     };
     post();
@@ -446,17 +525,23 @@ class one_way final : public session {
   progress prog_;
   std::uint64_t written_ = 0;
   fd_pair p_;
+  std::atomic<std::uint64_t> peer_enters_{0};
   ring ring_;
   peer_thread peer_;  // joined first
 };
 
 // kind::accept: multishot ACCEPT armed once on the listener; per cycle a socket()
 // syscall, a CONNECT SQE, and two CLOSE SQEs (CQE_SKIP_SUCCESS) that ride along
-// with the next cycle's CONNECT.
+// with the next cycle's CONNECT.  The floor instead queues a single-shot ACCEPT
+// (listener as a fixed file) behind the CONNECT in the same enter: the connection
+// is there when the accept is issued, so both complete inline.
 class accept_rate final : public session {
  public:
   accept_rate(const workload&, const config& cfg)
-      : addr_(dir_.path("listen.sock")), lst_(make_listener(addr_)), ring_(cfg, 64, 256) {}
+      : cfg_(cfg), addr_(dir_.path("listen.sock")), lst_(make_listener(addr_)), ring_(cfg, 64, 256) {
+    int l = lst_.get();
+    if (cfg_.floor) ring_.register_files(&l, 1);
+  }
   ~accept_rate() override {
     try {
       ring_.flush();
@@ -466,8 +551,9 @@ class accept_rate final : public session {
 
   counts run(slice& s) override {
     counts c;
+    const std::uint64_t enters0 = ring_.enters();
     while (!s.done(c.ops)) {
-      if (!armed_) {
+      if (!armed_ && !cfg_.floor) {
         io_uring_sqe* e = ring_.sqe();
         io_uring_prep_multishot_accept(e, lst_.get(), nullptr, nullptr, SOCK_CLOEXEC);
         e->user_data = ud(0, op_accept);
@@ -478,6 +564,12 @@ class accept_rate final : public session {
       io_uring_sqe* e = ring_.sqe();
       io_uring_prep_connect(e, cl, addr_.get(), addr_.len);
       e->user_data = ud(0, op_connect);
+      if (cfg_.floor) {  // behind the connect that feeds it
+        e = ring_.sqe();
+        io_uring_prep_accept(e, 0, nullptr, nullptr, SOCK_CLOEXEC);
+        e->flags |= IOSQE_FIXED_FILE;
+        e->user_data = ud(0, op_accept);
+      }
       bool connected = false;
       int accepted = -1;
       while (!connected || accepted < 0) {
@@ -492,6 +584,7 @@ class accept_rate final : public session {
               break;
             case op_accept:
               if ((cq.flags & IORING_CQE_F_MORE) == 0) armed_ = false;
+              if (cq.res < 0 && cfg_.floor) ::close(cl);
               if (cq.res < 0) throw_res(cq.res, "accept");
               accepted = cq.res;
               break;
@@ -508,10 +601,12 @@ class accept_rate final : public session {
     }
     ring_.flush();  // don't keep the last pair open between slices
     ring_.check_overflow();
+    c.enters = ring_.enters() - enters0;
     return c;
   }
 
  private:
+  config cfg_;
   temp_dir dir_;
   unix_addr addr_;
   unique_fd lst_;
@@ -520,12 +615,18 @@ class accept_rate final : public session {
 };
 
 // kind::fd_passing: per op [CLOSE(previous fd), RECVMSG(B), SENDMSG(A)] in one
-// enter; the received descriptor is closed by a CLOSE SQE.
+// enter (the recvmsg arms poll, the sendmsg wakes it); the received descriptor is
+// closed by a CLOSE SQE.  The floor orders them [CLOSE, SENDMSG(A), RECVMSG(B)],
+// with the socketpair as fixed files, so the recvmsg completes inline.
 class fd_passing final : public session {
  public:
   fd_passing(const workload&, const config& cfg)
-      : p_(make_socketpair(SOCK_STREAM)), payload_(::open("/dev/null", O_RDONLY | O_CLOEXEC)), snd_(payload_.get()), ring_(cfg, 64, 256) {
+      : cfg_(cfg), p_(make_socketpair(SOCK_STREAM)), payload_(::open("/dev/null", O_RDONLY | O_CLOEXEC)), snd_(payload_.get()), ring_(cfg, 64, 256) {
     if (!payload_) throw_errno("open /dev/null");
+    if (cfg_.floor) {
+      const int fds[2] = {p_.a.get(), p_.b.get()};
+      ring_.register_files(fds, 2);
+    }
   }
   ~fd_passing() override {
     try {
@@ -536,15 +637,16 @@ class fd_passing final : public session {
 
   counts run(slice& s) override {
     counts c;
+    const std::uint64_t enters0 = ring_.enters();
+    const bool fixed = ring_.fixed();
     while (!s.done(c.ops)) {
       rcv_.reset();
+      if (!cfg_.floor) post_recvmsg(fixed);
       io_uring_sqe* e = ring_.sqe();
-      io_uring_prep_recvmsg(e, p_.b.get(), &rcv_.msg, MSG_CMSG_CLOEXEC);
-      e->user_data = ud(0, op_recvmsg);
-      e = ring_.sqe();
-      io_uring_prep_sendmsg(e, p_.a.get(), &snd_.msg, MSG_NOSIGNAL);
-      e->flags |= IOSQE_CQE_SKIP_SUCCESS;
+      io_uring_prep_sendmsg(e, fixed ? 0 : p_.a.get(), &snd_.msg, MSG_NOSIGNAL);
+      e->flags |= IOSQE_CQE_SKIP_SUCCESS | (fixed ? IOSQE_FIXED_FILE : 0);
       e->user_data = ud(0, op_sendmsg);
+      if (cfg_.floor) post_recvmsg(fixed);  // behind the sendmsg that feeds it
       bool received = false;
       while (!received) {
         ring_.turn([&](const completion& cq) {
@@ -572,10 +674,19 @@ class fd_passing final : public session {
     }
     ring_.flush();
     ring_.check_overflow();
+    c.enters = ring_.enters() - enters0;
     return c;
   }
 
  private:
+  void post_recvmsg(bool fixed) {
+    io_uring_sqe* e = ring_.sqe();
+    io_uring_prep_recvmsg(e, fixed ? 1 : p_.b.get(), &rcv_.msg, MSG_CMSG_CLOEXEC);
+    if (fixed) e->flags |= IOSQE_FIXED_FILE;
+    e->user_data = ud(0, op_recvmsg);
+  }
+
+  config cfg_;
   fd_pair p_;
   unique_fd payload_;
   fd_send_msg snd_;
@@ -606,18 +717,15 @@ implementation all_kinds(const config& cfg, std::string description) {
           }};
 }
 
-const registrar reg_default{all_kinds(
-    cfg_default, "hand-written liburing, ring per thread, SINGLE_ISSUER|DEFER_TASKRUN, recv pre-posted")};
-const registrar reg_nodt{all_kinds(cfg_nodt, "raw_uring on a ring without SINGLE_ISSUER|DEFER_TASKRUN")};
+const registrar reg_preposted{all_kinds(
+    cfg_preposted, "hand-written liburing, ring per thread, SINGLE_ISSUER|DEFER_TASKRUN, recv pre-posted (arms poll)")};
+const registrar reg_floor{all_kinds(
+    cfg_floor, "raw_uring_preposted + fixed files, each recv queued behind the send that feeds it (completes inline)")};
+const registrar reg_nodt{all_kinds(cfg_nodt, "raw_uring_preposted on a ring without SINGLE_ISSUER|DEFER_TASKRUN")};
 const registrar reg_mshot{{
     .name = cfg_mshot.name,
-    .description = "raw_uring with multishot RECV from a provided buffer ring (copied out), pingpong kinds",
+    .description = "raw_uring_preposted with multishot RECV from a provided buffer ring (copied out), pingpong kinds",
     .factories = {{kind::pingpong, with<pingpong>(cfg_mshot)}},
-}};
-const registrar reg_inline{{
-    .name = cfg_inline.name,
-    .description = "raw_uring, recv submitted right after the send that feeds it (not reactive; upper bound)",
-    .factories = {{kind::pingpong, with<pingpong>(cfg_inline)}},
 }};
 
 }  // namespace

@@ -85,7 +85,7 @@ std::unique_ptr<rs::io_context> make_context(const config& cfg, unsigned entries
 // DEFER_TASKRUN ring (whose task-work runs in bounded batches per enter) the pairs
 // never fall back into step.  So for those sessions op_done() only wakes a "stopper"
 // coroutine that yields to the end of the turn and stops the loop there, as
-// raw_uring's loop ends a slice between two turns.  Sessions with one coroutine on the
+// the raw_uring loops end a slice between two turns.  Sessions with one coroutine on the
 // loop stop at once (the next op's SQE then waits in the SQ until the next slice).
 class driver {
  public:
