@@ -842,3 +842,22 @@ TEST_CASE("hostile: stop requests from another thread race completion, close, de
     INFO("data " << data << " canceled " << canceled << " timed out " << timed);
     CHECK(other == 0);
 }
+TEST_CASE("hostile: with a one-entry submission queue a timed read still runs (needs two SQEs)",
+          "[hostile][deadline][sq]") {
+    fd_leak_guard guard;
+    io_context::options opts;
+    opts.entries = 1;
+    io_context ctx(opts);
+    auto [a, b] = make_pair(ctx);
+    raw_send(b, "q");
+    auto t0 = std::chrono::steady_clock::now();
+    auto r = ctx.sync_wait([](stream_socket& s) -> task<std::error_code> {
+        std::array<std::byte, 4> buf{};
+        co_return (co_await s.read_some(buf, 2s)).error();
+    }(a));
+    // The byte is there at once: the read must not sit in the pending queue until its
+    // time limit expires.
+    CHECK_FALSE(r);
+    CHECK(std::chrono::steady_clock::now() - t0 < 1s);
+}
+
