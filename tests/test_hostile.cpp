@@ -9,6 +9,8 @@
 #include <sys/socket.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -22,6 +24,7 @@
 #include <memory>
 #include <optional>
 #include <stop_token>
+#include <stdexcept>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -861,3 +864,71 @@ TEST_CASE("hostile: with a one-entry submission queue a timed read still runs (n
     CHECK(std::chrono::steady_clock::now() - t0 < 1s);
 }
 
+
+// ---------------------------------------------------------------------------------
+// Running out of descriptors; abandoned waits.
+// ---------------------------------------------------------------------------------
+
+TEST_CASE("hostile: accept under EMFILE reports the error, and every connection is accepted once descriptors are back",
+          "[hostile][accept][emfile]") {
+    fd_leak_guard guard;
+    io_context ctx;
+    auto ep = ringsock::test::unique_abstract("emfile");
+    auto acc = ringsock::acceptor::listen(ctx, ep);
+    REQUIRE(acc);
+    std::vector<unique_fd> clients;
+    for (int i = 0; i < 20; ++i) clients.push_back(ringsock::test::raw_connect(ep));
+    rlimit old{};
+    REQUIRE(::getrlimit(RLIMIT_NOFILE, &old) == 0);
+    // Room for exactly three more descriptors.
+    rlimit tight = old;
+    tight.rlim_cur = ringsock::test::open_fd_count() + 3;
+    int accepted = 0, emfile = 0, other = 0;
+    std::vector<stream_socket> conns;
+    REQUIRE(::setrlimit(RLIMIT_NOFILE, &tight) == 0);
+    ctx.sync_wait([](ringsock::acceptor& a, int& acc_n, int& em, int& oth, std::vector<stream_socket>& keep,
+                     rlimit restore) -> task<void> {
+        for (int tries = 0; tries < 200 && acc_n < 20; ++tries) {
+            auto r = co_await a.accept(500ms);
+            if (r) {
+                ++acc_n;
+                keep.push_back(std::move(*r));
+            } else if (r.error() == std::errc::too_many_files_open) {
+                // Out of descriptors: give them back and retry, as the docs advise.
+                if (++em == 1) ::setrlimit(RLIMIT_NOFILE, &restore);
+            } else {
+                ++oth;
+            }
+        }
+    }(*acc, accepted, emfile, other, conns, old));
+    ::setrlimit(RLIMIT_NOFILE, &old);
+    INFO("accepted " << accepted << ", EMFILE " << emfile << ", other " << other);
+    CHECK(emfile >= 1);
+    CHECK(accepted == 20);
+    CHECK(other == 0);
+}
+
+TEST_CASE("hostile: sync_wait left by a spawned task's exception destroys its task with operations in flight and gated",
+          "[hostile][lifetime]") {
+    fd_leak_guard guard;
+    io_context ctx;
+    auto [a, b] = make_pair(ctx);
+    ctx.spawn([](io_context& c) -> task<void> {
+        (void)co_await ringsock::sleep_for(c, 20ms);
+        throw std::runtime_error("boom");
+    }(ctx));
+    auto body = [](stream_socket& s) -> task<void> {
+        std::string o1, o2;
+        std::error_code e1, e2;
+        int done = 0;
+        auto r1 = read_n(s, 1, {}, o1, e1, done);
+        auto r2 = read_n(s, 1, 10s, o2, e2, done);
+        // Both reads run inside this frame: one in flight, one gated.
+        co_await ringsock::when_all(std::move(r1), std::move(r2));
+    };
+    CHECK_THROWS_AS(ctx.sync_wait(body(a)), std::runtime_error);
+    CHECK(ctx.outstanding_work() == 0);
+    // No orphaned read took this byte.
+    raw_send(b, "k");
+    CHECK(ringsock::test::readable_bytes(a) == 1);
+}
