@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -931,4 +932,37 @@ TEST_CASE("hostile: sync_wait left by a spawned task's exception destroys its ta
     // No orphaned read took this byte.
     raw_send(b, "k");
     CHECK(ringsock::test::readable_bytes(a) == 1);
+}
+
+TEST_CASE("hostile: destroying the io_context while a write_all is part-way leaves no operation behind in its socket's gate",
+          "[hostile][lifetime][context]") {
+    fd_leak_guard guard;
+    for (int round = 0; round < 20; ++round) {
+        auto ctx = std::make_unique<io_context>();
+        auto p = make_pair(*ctx);
+        set_small_buffers(p.first.native_handle());
+        set_small_buffers(p.second.native_handle());
+        auto pair = std::make_shared<std::pair<stream_socket, stream_socket>>(std::move(p));
+        std::vector<char> big(1 << 20, 'w');
+        bool wrote_some = false;
+        // The owner of the sockets is spawned first, so the loop destroys its frame last
+        // (newest first): after the frame of the write that is still in flight.
+        ctx->spawn([](std::shared_ptr<std::pair<stream_socket, stream_socket>> s, io_context& c) -> task<void> {
+            auto own = std::move(s);
+            (void)co_await ringsock::sleep_for(c, 1h);
+        }(pair, *ctx));
+        ctx->spawn([](stream_socket& s, std::vector<char>& data) -> task<void> {
+            (void)co_await s.write_all(data);  // the peer never reads: blocks part-way
+        }(pair->first, big));
+        auto* raw = pair.get();
+        pair.reset();
+        for (int k = 0; k < 5; ++k) ctx->poll();
+        int queued = 0;
+        REQUIRE(::ioctl(raw->second.native_handle(), FIONREAD, &queued) == 0);
+        wrote_some = queued > 0;
+        REQUIRE(wrote_some);  // the write is part-way: some bytes sent, the rest pending
+        // The drain cancels the write; its partial result must not make it resubmit and
+        // leave itself (state idle) as its socket's send-gate holder.
+        ctx.reset();
+    }
 }
