@@ -1006,3 +1006,44 @@ TEST_CASE("hostile: destroying a signal_set ends a wait that is in flight on it"
         ctx.run();
     }
 }
+
+TEST_CASE("hostile: an fd_stream receive that completed keeps its descriptors when its socket is destroyed before it resumes",
+          "[hostile][lifetime][fd]") {
+    fd_leak_guard guard;
+    io_context ctx;
+    auto [a0, b] = make_fd_pair(ctx);
+    auto [c, d] = make_fd_pair(ctx);
+    auto a = std::make_unique<fd_stream>(std::move(a0));
+    int pipefd[2];
+    REQUIRE(::pipe2(pipefd, O_CLOEXEC) == 0);
+    REQUIRE(::send(d.native_handle(), "x", 1, MSG_NOSIGNAL) == 1);
+    raw_send_fd(b.native_handle(), "hello", pipefd[0]);
+    ::close(pipefd[0]);
+    std::vector<int> order;
+    std::size_t bytes = 0, nfds = 0;
+    std::error_code ec;
+    // Both are recvmsg requests, submitted in spawn order: the destroyer's completes first.
+    ctx.spawn([](fd_stream& s, std::unique_ptr<fd_stream>& victim, std::vector<int>& ord) -> task<void> {
+        std::array<std::byte, 1> buf{};
+        (void)co_await s.read_some(buf);
+        ord.push_back(1);
+        victim.reset();
+    }(c, a, order));
+    ctx.spawn([](fd_stream& s, std::size_t& n, std::size_t& f, std::error_code& e, std::vector<int>& ord) -> task<void> {
+        std::array<char, 16> buf{};
+        auto r = co_await s.receive(buf);
+        ord.push_back(2);
+        e = r.error();
+        n = r.partial_value().bytes;
+        f = r.partial_value().fds.size();
+    }(*a, bytes, nfds, ec, order));
+    ctx.run();
+    ::close(pipefd[1]);
+    REQUIRE(order.size() == 2);
+    CHECK(order[0] == 1);
+    CHECK_FALSE(ec);
+    CHECK(bytes == 5);
+    // "One that already completed keeps its result": the descriptor came with these bytes.
+    CHECK(nfds == 1);
+}
+
