@@ -33,6 +33,7 @@
 
 #include "support/cancel_support.hpp"
 #include "support/fd_count.hpp"
+#include "support/fork_child.hpp"
 #include "support/leak_guard.hpp"
 
 namespace {
@@ -1047,3 +1048,18 @@ TEST_CASE("hostile: an fd_stream receive that completed keeps its descriptors wh
     CHECK(nfds == 1);
 }
 
+
+TEST_CASE("hostile: reading from a default-constructed socket fails cleanly instead of crashing",
+          "[hostile][careless]") {
+    // In a child: the failure mode may be a crash.
+    ringsock::test::child_process child([] {
+        io_context ctx;
+        stream_socket never_opened;
+        auto r = ctx.sync_wait([](stream_socket& s) -> task<std::error_code> {
+            std::array<std::byte, 4> buf{};
+            co_return (co_await s.read_some(buf, 100ms)).error();
+        }(never_opened));
+        return r ? 0 : 1;  // 0: an error was reported
+    });
+    CHECK(child.wait() == 0);  // -1: killed by a signal (null io_context dereference)
+}
