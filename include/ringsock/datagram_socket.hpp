@@ -102,7 +102,7 @@ public:
     /// send_fds to `to`.
     template <readable_bytes B>
     [[nodiscard]] auto send_fds_to(const B& buf, borrowed_fds fds, const endpoint& to, op_limits lim = {}) {
-        return detail::send_msg_op(*ctx_, fd_.get(), &state_, as_bytes(buf), fds, &to,
+        return detail::send_msg_op(bound_context(), fd_.get(), &state_, as_bytes(buf), fds, &to,
                                    detail::send_msg_op::kind::message, "send_to", lim);
     }
 

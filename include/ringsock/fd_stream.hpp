@@ -92,7 +92,7 @@ public:
     template <writable_bytes B>
     [[nodiscard]] auto receive(B&& buf, op_limits lim = {}) {
         auto s = as_writable_bytes(buf);
-        return detail::message_awaiter(*ctx_, fd_.get(), &state_, s, detail::recv_msg_op::kind::stream_receive,
+        return detail::message_awaiter(bound_context(), fd_.get(), &state_, s, detail::recv_msg_op::kind::stream_receive,
                                        detail::scm_max_fd, false, "receive", lim);
     }
 
@@ -100,7 +100,7 @@ public:
     template <readable_bytes B>
     [[nodiscard]] auto write_some(const B& buf, op_limits lim = {}) {
         auto s = as_bytes(buf);
-        return detail::transfer_op(*ctx_, fd_.get(), &state_, const_cast<std::byte*>(s.data()), s.size(),
+        return detail::transfer_op(bound_context(), fd_.get(), &state_, const_cast<std::byte*>(s.data()), s.size(),
                                    detail::transfer_op::kind::send_some, lim);
     }
     /// Sends the whole buffer. If it fails part-way the count sent is in
@@ -108,7 +108,7 @@ public:
     template <readable_bytes B>
     [[nodiscard]] auto write_all(const B& buf, op_limits lim = {}) {
         auto s = as_bytes(buf);
-        return detail::transfer_op(*ctx_, fd_.get(), &state_, const_cast<std::byte*>(s.data()), s.size(),
+        return detail::transfer_op(bound_context(), fd_.get(), &state_, const_cast<std::byte*>(s.data()), s.size(),
                                    detail::transfer_op::kind::send_all, lim);
     }
     /// Sends the whole buffer with `fds` attached to its first byte; the peer's kernel
@@ -118,7 +118,7 @@ public:
     /// A failure part-way is reported like write_all.
     template <readable_bytes B>
     [[nodiscard]] auto send_fds(const B& buf, borrowed_fds fds, op_limits lim = {}) {
-        return detail::send_msg_op(*ctx_, fd_.get(), &state_, as_bytes(buf), fds, nullptr,
+        return detail::send_msg_op(bound_context(), fd_.get(), &state_, as_bytes(buf), fds, nullptr,
                                    detail::send_msg_op::kind::stream, "send_fds", lim);
     }
 
@@ -141,8 +141,8 @@ public:
 
 private:
     detail::stream_read_awaiter read(std::span<std::byte> s, detail::recv_msg_op::kind k, const char* what,
-                                     const op_limits& lim) noexcept {
-        return detail::stream_read_awaiter(*ctx_, fd_.get(), &state_, s, k, detail::scm_max_fd, false, what, lim);
+                                     const op_limits& lim) {
+        return detail::stream_read_awaiter(bound_context(), fd_.get(), &state_, s, k, detail::scm_max_fd, false, what, lim);
     }
 
     detail::fd_queue queue_{{}, default_fd_limit, {}};

@@ -13,6 +13,7 @@
 
 #include "detail/errno.hpp"
 #include "detail/operation.hpp"
+#include "detail/socket_state.hpp"
 #include "io_context.hpp"
 #include "io_result.hpp"
 #include "op_limits.hpp"
@@ -24,7 +25,11 @@ namespace detail {
 /// IORING_OP_READ of one signalfd_siginfo record (a signalfd is not a socket).
 class signal_wait_op final : public operation {
 public:
-    signal_wait_op(io_context& ctx, int fd, const op_limits& lim) noexcept : operation(ctx, lim), fd_(fd) {}
+    signal_wait_op(io_context& ctx, int fd, socket_state* st, const op_limits& lim) noexcept
+        : operation(ctx, lim), fd_(fd) {
+        // Waits queue one at a time on the set, so destroying it can reach them.
+        attach(st, &st->recv_gate);
+    }
     ~signal_wait_op() { settle(); }  // the kernel writes info_
     void prepare(io_uring_sqe* sqe) noexcept override {
         io_uring_prep_read(sqe, fd_, &info_, sizeof info_, 0);
@@ -64,14 +69,24 @@ public:
         if (!fd_) detail::throw_errno(errno, "signal_set: signalfd");
     }
 
+    signal_set(signal_set&&) noexcept = default;
+    signal_set& operator=(signal_set&&) = delete;
+    /// Waits in progress end with operation_canceled.
+    ~signal_set() {
+        if (ctx_) state_.detach_all(detail::core(*ctx_));
+        state_.closed = true;
+        state_.file.close();
+    }
+
     /// Waits for one of the signals; co_await yields io_result<int> (the signal number).
-    [[nodiscard]] auto wait(op_limits lim = {}) { return detail::signal_wait_op(*ctx_, fd_.get(), lim); }
+    [[nodiscard]] auto wait(op_limits lim = {}) { return detail::signal_wait_op(*ctx_, fd_.get(), &state_, lim); }
 
     const sigset_t& mask() const noexcept { return mask_; }
     int native_handle() const noexcept { return fd_.get(); }
 
 private:
     io_context* ctx_;
+    detail::socket_state state_;  // the waits in progress, for the destructor
     sigset_t mask_{};
     unique_fd fd_;
 };

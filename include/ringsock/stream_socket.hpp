@@ -132,11 +132,11 @@ public:
     }
 
 private:
-    detail::transfer_op op(std::byte* p, std::size_t n, detail::transfer_op::kind k, const op_limits& lim) noexcept {
-        return detail::transfer_op(*ctx_, fd_.get(), &state_, p, n, k, lim);
+    detail::transfer_op op(std::byte* p, std::size_t n, detail::transfer_op::kind k, const op_limits& lim) {
+        return detail::transfer_op(bound_context(), fd_.get(), &state_, p, n, k, lim);
     }
     detail::vectored_op vop(std::span<const iovec> iov, detail::vectored_op::kind k, const op_limits& lim) {
-        return detail::vectored_op(*ctx_, fd_.get(), &state_, iov, k, lim);
+        return detail::vectored_op(bound_context(), fd_.get(), &state_, iov, k, lim);
     }
 };
 

@@ -73,31 +73,18 @@ public:
             state_ = op_state::done;
             return true;
         }
-        return operation::await_ready();
+        if (operation::await_ready()) return true;
+        return try_now();
     }
 
     void prepare(io_uring_sqe* sqe) noexcept override {
-        const std::size_t done = tally_.done;
-        const std::size_t n = std::min(tally_.total - done, max_chunk);
-        if ((done != 0 || rights_.size() == 0) && !has_dest_) {
+        if (plain()) {
             // Nothing but bytes: a plain SEND is the same request, without the msghdr
             // copy-in SENDMSG costs the kernel on every call.
-            io_uring_prep_send(sqe, fd_, buf_ + done, n, MSG_NOSIGNAL);
+            io_uring_prep_send(sqe, fd_, buf_ + tally_.done, chunk(), MSG_NOSIGNAL);
             return;
         }
-        msg_ = msghdr{};
-        iov_.iov_base = const_cast<std::byte*>(buf_ + done);
-        iov_.iov_len = n;
-        msg_.msg_iov = &iov_;
-        msg_.msg_iovlen = 1;
-        if (done == 0) {
-            msg_.msg_control = rights_.data();
-            msg_.msg_controllen = rights_.size();
-        }
-        if (has_dest_) {
-            msg_.msg_name = const_cast<sockaddr*>(dest_.data());
-            msg_.msg_namelen = dest_.size();
-        }
+        build_msg();
         io_uring_prep_sendmsg(sqe, fd_, &msg_, MSG_NOSIGNAL);
     }
 
@@ -122,6 +109,50 @@ public:
     }
 
 private:
+    bool plain() const noexcept { return (tally_.done != 0 || rights_.size() == 0) && !has_dest_; }
+    std::size_t chunk() const noexcept { return std::min(tally_.total - tally_.done, max_chunk); }
+    void build_msg() noexcept {
+        msg_ = msghdr{};
+        iov_.iov_base = const_cast<std::byte*>(buf_ + tally_.done);
+        iov_.iov_len = chunk();
+        msg_.msg_iov = &iov_;
+        msg_.msg_iovlen = 1;
+        if (tally_.done == 0) {
+            msg_.msg_control = rights_.data();
+            msg_.msg_controllen = rights_.size();
+        }
+        if (has_dest_) {
+            msg_.msg_name = const_cast<sockaddr*>(dest_.data());
+            msg_.msg_namelen = dest_.size();
+        }
+    }
+    /// Speculative I/O, as transfer_op::try_now.
+    bool try_now() noexcept {
+        if (!may_try_now(true)) return false;
+        ssize_t r;
+        if (plain()) {
+            r = ::send(fd_, buf_ + tally_.done, chunk(), MSG_DONTWAIT | MSG_NOSIGNAL);
+        } else {
+            build_msg();
+            r = ::sendmsg(fd_, &msg_, MSG_DONTWAIT | MSG_NOSIGNAL);
+        }
+        if (r < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+                tried_now(true, false);
+                return false;
+            }
+            res_ = -errno;
+        } else {
+            tried_now(true, true);
+            res_ = static_cast<int>(r);
+            // A partial stream send continues on the ring, without the descriptors
+            // that went with the first chunk.
+            if (kind_ == kind::stream && tally_.add(res_, *this)) return false;
+        }
+        state_ = op_state::done;
+        return true;
+    }
+
     int fd_;
     const std::byte* buf_;
     transfer_tally tally_;
@@ -163,10 +194,16 @@ public:
             state_ = op_state::done;  // nothing to read: never mistake it for end of stream
             return true;
         }
-        return operation::await_ready();
+        if (operation::await_ready()) return true;
+        return try_now();
     }
 
     void prepare(io_uring_sqe* sqe) noexcept override {
+        io_uring_prep_recvmsg(sqe, fd_, &msg_, static_cast<unsigned>(build_msg()));
+    }
+
+    /// Fills msg_ for the next receive; returns the recvmsg flags.
+    int build_msg() noexcept {
         msg_ = msghdr{};
         iov_.iov_base = buf_ + tally_.done;
         iov_.iov_len = std::min(len_ - tally_.done, max_chunk);
@@ -180,8 +217,28 @@ public:
             msg_.msg_namelen = sizeof addr_;
         }
         // On message sockets MSG_TRUNC makes the result the message's full length.
-        int flags = MSG_CMSG_CLOEXEC | (kind_ == kind::message ? MSG_TRUNC : 0);
-        io_uring_prep_recvmsg(sqe, fd_, &msg_, static_cast<unsigned>(flags));
+        return MSG_CMSG_CLOEXEC | (kind_ == kind::message ? MSG_TRUNC : 0);
+    }
+
+    /// Speculative I/O, as transfer_op::try_now. Not for read_exact, whose loop may
+    /// need to resubmit from on_complete (only legal once suspended).
+    bool try_now() noexcept {
+        if (kind_ == kind::stream_exact || !may_try_now(false)) return false;
+        const int flags = build_msg();
+        ssize_t r = ::recvmsg(fd_, &msg_, flags | MSG_DONTWAIT);
+        if (r < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+                tried_now(false, false);
+                return false;
+            }
+            res_ = -errno;
+        } else {
+            tried_now(false, true);
+            res_ = static_cast<int>(r);
+        }
+        (void)on_complete();  // never resubmits for these kinds: takes the descriptors
+        state_ = op_state::done;
+        return true;
     }
 
     bool on_complete() noexcept override {
@@ -217,6 +274,19 @@ public:
                     queue->fds.reserve(queue->fds.size() + c.fds.size());
                 } catch (...) {
                     ec = std::make_error_code(std::errc::not_enough_memory);
+                }
+            }
+            if (!ec && kind_ == kind::stream_receive) {
+                // receive() returns this read's descriptors itself: they stay in the
+                // operation, so they are not lost if the socket dies before it resumes.
+                try {
+                    result_.fds.reserve(result_.fds.size() + c.fds.size());
+                } catch (...) {
+                    ec = std::make_error_code(std::errc::not_enough_memory);
+                }
+                if (!ec) {
+                    for (auto& f : c.fds) result_.fds.push_back(std::move(f));  // room reserved
+                    c.fds.clear();
                 }
             }
             if (ec) {
@@ -259,9 +329,20 @@ public:
         // stream_receive: the bytes of this read and every descriptor queued so far.
         m.bytes = tally_.done;
         m.full_size = tally_.done;
-        if (socket() && socket()->fds) {
-            m.fds = std::move(socket()->fds->fds);
-            socket()->fds->fds.clear();
+        if (socket() && socket()->fds && !socket()->fds->fds.empty()) {
+            // Older descriptors queued by read_some come first, then this read's own.
+            auto& queued = socket()->fds->fds;
+            bool room = true;
+            try {
+                queued.reserve(queued.size() + m.fds.size());
+            } catch (...) {
+                room = false;  // no memory to merge: hand over this read's own; the rest stay queued
+            }
+            if (room) {
+                for (auto& f : m.fds) queued.push_back(std::move(f));  // reserved: no throw
+                m.fds = std::move(queued);
+                queued.clear();
+            }
         }
         if (len_ != 0 && res_ < 0 && tally_.done == 0) return {std::move(m), result_error(), what_};
         if (fd_error_) return {std::move(m), fd_error_, what_};

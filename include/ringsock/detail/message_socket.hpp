@@ -24,14 +24,14 @@ public:
     template <readable_bytes B>
     [[nodiscard]] auto send(const B& buf, op_limits lim = {}) {
         auto bytes = as_bytes(buf);
-        return transfer_op(*ctx_, fd_.get(), &state_, const_cast<std::byte*>(bytes.data()), bytes.size(),
+        return transfer_op(bound_context(), fd_.get(), &state_, const_cast<std::byte*>(bytes.data()), bytes.size(),
                            transfer_op::kind::send_message, lim);
     }
     /// Sends `buf` as one message carrying `fds` (which stay ours). An empty message
     /// may carry descriptors. Errors (nothing sent): errc::too_many_fds (over 253), EBADF.
     template <readable_bytes B>
     [[nodiscard]] auto send_fds(const B& buf, borrowed_fds fds, op_limits lim = {}) {
-        return send_msg_op(*ctx_, fd_.get(), &state_, as_bytes(buf), fds, nullptr, send_msg_op::kind::message, "send",
+        return send_msg_op(bound_context(), fd_.get(), &state_, as_bytes(buf), fds, nullptr, send_msg_op::kind::message, "send",
                            lim);
     }
 
@@ -61,15 +61,15 @@ public:
     template <writable_bytes B>
     [[nodiscard]] auto receive_bytes(B&& buf, op_limits lim = {}) {
         auto bytes = as_writable_bytes(buf);
-        return transfer_op(*ctx_, fd_.get(), &state_, bytes.data(), bytes.size(), transfer_op::kind::recv_message, lim);
+        return transfer_op(bound_context(), fd_.get(), &state_, bytes.data(), bytes.size(), transfer_op::kind::recv_message, lim);
     }
 
 protected:
     using socket_base::socket_base;
 
     message_awaiter recv(std::span<std::byte> s, std::size_t max_fds, bool sender, const char* what,
-                         const op_limits& lim) noexcept {
-        return message_awaiter(*ctx_, fd_.get(), &state_, s, recv_msg_op::kind::message, max_fds, sender,
+                         const op_limits& lim) {
+        return message_awaiter(bound_context(), fd_.get(), &state_, s, recv_msg_op::kind::message, max_fds, sender,
                                what, lim);
     }
 };

@@ -203,6 +203,10 @@ protected:
         gate_ = gate;
         on_socket_ = true;
     }
+    /// Speculative I/O (speculation.hpp): whether one direct non-blocking syscall is
+    /// worth trying instead of a ring round; then report how it went.
+    bool may_try_now(bool sends) noexcept;
+    void tried_now(bool sends, bool hit) noexcept;
     /// The socket is going away: forget it (called by socket_state only).
     void detach_socket() noexcept {
         sock_ = nullptr;

@@ -55,6 +55,22 @@ inline void operation::settle() noexcept {
     ctx_->settle(this);
 }
 
+inline bool operation::may_try_now(bool sends) noexcept {
+    socket_state* st = sock_;
+    // Only a run of operations in one direction (a writer or reader loop) gains: a send
+    // followed by a receive needs the enter anyway, and rides it for free. And only when
+    // this operation would be alone in the next enter, and nothing is queued before it.
+    if (!st || !st->same_direction_as_last(sends)) return false;
+    speculation& spec = sends ? st->send_spec : st->recv_spec;
+    return spec.worth_trying() && !gate_->busy && !st->closed && ctx_->idle_after_current();
+}
+
+inline void operation::tried_now(bool sends, bool hit) noexcept {
+    speculation& spec = sends ? sock_->send_spec : sock_->recv_spec;
+    if (hit) spec.hit();
+    else spec.missed();
+}
+
 inline void socket_state::detach_all(scheduler& s) noexcept {
     for (op_gate* g : {&send_gate, &recv_gate}) {
         while (auto* r = g->waiters.front()) {

@@ -36,7 +36,9 @@ class ring {
 public:
     /// Throws std::system_error naming the step if the ring cannot be set up.
     ring(unsigned entries, bool defer_taskrun) {
-        if (entries == 0) entries = 1;
+        // An operation with a time limit needs two SQEs at once (the request and its
+        // link timeout): a one-entry SQ could never submit it.
+        if (entries < 2) entries = 2;
         io_uring_params p{};
         auto try_init = [&](unsigned flags) {
             p = io_uring_params{};

@@ -28,7 +28,7 @@ namespace ringsock::detail {
 
 /// How an io_context is set up (io_context::options).
 struct context_options {
-    /// Submission queue size; the completion queue is four times larger.
+    /// Submission queue size (at least 2); the completion queue is four times larger.
     unsigned entries = 256;
     /// Ask for SINGLE_ISSUER|DEFER_TASKRUN (falls back when the kernel refuses).
     bool defer_taskrun = true;

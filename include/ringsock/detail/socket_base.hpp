@@ -6,6 +6,7 @@
 
 #include <sys/socket.h>
 
+#include <stdexcept>
 #include <utility>
 
 #include "../endpoint.hpp"
@@ -52,6 +53,13 @@ public:
     io_result<endpoint> remote_endpoint() const { return ringsock::remote_endpoint(fd_.get()); }
 
 protected:
+    /// The context operations run on. A socket that never had one (default-constructed)
+    /// cannot start an operation: that is a programming error, reported by name.
+    io_context& bound_context() const {
+        if (!ctx_) throw std::logic_error("ringsock: operation on a socket with no io_context (default-constructed)");
+        return *ctx_;
+    }
+
     socket_base() noexcept = default;
     socket_base(io_context& ctx, unique_fd fd) noexcept : ctx_(&ctx), fd_(std::move(fd)) {}
     // Operations queued or in flight follow the socket to its new place.

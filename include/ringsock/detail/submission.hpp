@@ -33,6 +33,9 @@ public:
     void submit(operation* op) noexcept {
         op->cqes_left_ = 0;
         if (shutting_down_) {
+            // Teardown: the next chunk of a write_all is never sent; the operation
+            // completes cancelled (and is settled with its frame).
+            op->cancel_requested_ = true;
             op->res_ = -ECANCELED;
             op->state_ = op_state::ready;
             if (!op->is_internal()) ready_.push(op);
@@ -106,6 +109,9 @@ public:
                 break;
             case op_state::gated:
                 op->gate_->waiters.erase(op);
+                // Out of the gate nothing on the socket can reach it any more, so it must
+                // not reach the socket either (the socket may die before it resumes).
+                op->detach_socket();
                 cancel_queued(op);
                 break;
             case op_state::in_flight: {
@@ -297,8 +303,9 @@ private:
         if (op->cancel_sent_ && !cancel_backlog_.empty()) std::erase(cancel_backlog_, op);
         op->state_ = op_state::ready;
         if (!op->on_complete()) {
-            // Resubmitted itself (now pending or in flight), or internal and finished.
-            if (op->state_ == op_state::ready) op->state_ = op_state::idle;
+            // Resubmitted itself (now pending, in flight, or ready and queued when the
+            // context is shutting down), or an internal operation that has finished.
+            if (op->state_ == op_state::ready && op->is_internal()) op->state_ = op_state::idle;
             return;
         }
         // The socket direction stays with it until it resumes (finish_wait): the next

@@ -164,12 +164,7 @@ private:
     /// costs less than a ring round (SQE, enter, CQE, resume). EAGAIN falls back to the
     /// ring; a direction whose attempts keep failing backs off (speculation.hpp).
     bool try_now() noexcept {
-        socket_state* st = socket();
-        speculation& spec = is_send() ? st->send_spec : st->recv_spec;
-        // Only a run of operations in one direction (a writer or reader loop) gains: a
-        // send followed by a receive needs the enter anyway, and rides it for free.
-        if (!st->same_direction_as_last(is_send())) return false;
-        if (!spec.worth_trying() || gate_->busy || st->closed || !ctx_->idle_after_current()) return false;
+        if (!may_try_now(is_send())) return false;
         const std::size_t n = std::min(tally_.total - tally_.done, max_chunk);
         std::byte* p = buf_ + tally_.done;
         ssize_t r;
@@ -177,12 +172,12 @@ private:
         else r = ::recv(fd_, p, n, MSG_DONTWAIT | (kind_ == kind::recv_message ? MSG_TRUNC : 0));
         if (r < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
-                spec.missed();
+                tried_now(is_send(), false);
                 return false;
             }
             res_ = -errno;
         } else {
-            spec.hit();
+            tried_now(is_send(), true);
             res_ = static_cast<int>(r);
             // A partial write_all / read_exact continues on the ring from where it is.
             if (!is_message() && tally_.add(res_, *this)) return false;
