@@ -127,11 +127,15 @@ public:
         if (queue_.size() >= queue_cap) return;
         ctx_->submit(this);
     }
+    bool is_shut() const noexcept { return closing_; }
     /// Stops accepting and waits until the kernel has let go of the request.
     void shut() noexcept {
         closing_ = true;
         settle();
         state_ = op_state::idle;
+        // Connections taken from the backlog but never handed out: their clients see
+        // the connection closed now, not when the acceptor object goes.
+        while (!queue_.empty()) ::close(queue_.pop_front());
     }
 
 private:
@@ -159,7 +163,7 @@ public:
         if (handed_ && res_ >= 0) ::close(res_);  // handed over but never resumed
     }
     bool await_ready() noexcept {
-        if (!engine_) {
+        if (!engine_ || engine_->is_shut()) {
             res_ = -EBADF;  // the acceptor is closed
         } else if (!operation::await_ready()) {
             int fd = engine_->take();
@@ -290,8 +294,9 @@ public:
         if (engine_) {
             auto* gate = engine_->waiters();
             while (auto* r = gate->waiters.front()) detail::core(*ctx_).request_cancel(static_cast<detail::operation*>(r));
+            // The engine stays allocated, shut, until the acceptor dies: an accept()
+            // awaiter built before close() and awaited after it finds it and fails EBADF.
             engine_->shut();
-            engine_.reset();
         }
         // Remove the name first, so a new server can never be unlinked by our close.
         bound_.remove();

@@ -73,7 +73,7 @@ public:
     signal_set& operator=(signal_set&&) = delete;
     /// Waits in progress end with operation_canceled.
     ~signal_set() {
-        if (ctx_) state_.detach_all(detail::core(*ctx_));
+        if (ctx_ && state_.detach_all(detail::core(*ctx_))) detail::core(*ctx_).flush();
         state_.closed = true;
         state_.file.close();
     }

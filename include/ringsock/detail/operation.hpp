@@ -240,6 +240,11 @@ protected:
     // pending) with a deadline: the kernel's link timeout cannot see them there.
     operation* deadline_next_ = nullptr;
     operation* deadline_prev_ = nullptr;
+    // Links in the submission's list of in-flight operations whose cancel may have
+    // missed them (a request being handed to an io-wq thread): the cancel is repeated.
+    operation* retry_next_ = nullptr;
+    operation* retry_prev_ = nullptr;
+    bool in_retry_list_ = false;
 
 private:
     struct canceller {

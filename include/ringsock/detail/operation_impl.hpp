@@ -71,7 +71,8 @@ inline void operation::tried_now(bool sends, bool hit) noexcept {
     else spec.missed();
 }
 
-inline void socket_state::detach_all(scheduler& s) noexcept {
+inline bool socket_state::detach_all(scheduler& s) noexcept {
+    bool in_flight = false;
     for (op_gate* g : {&send_gate, &recv_gate}) {
         while (auto* r = g->waiters.front()) {
             auto* op = static_cast<operation*>(r);
@@ -80,10 +81,12 @@ inline void socket_state::detach_all(scheduler& s) noexcept {
         }
         if (operation* op = std::exchange(g->holder, nullptr)) {
             op->detach_socket();
+            in_flight = in_flight || op->state_ == op_state::in_flight;
             s.request_cancel(op);  // pending: dropped; in flight: ASYNC_CANCEL queued
         }
         g->busy = false;
     }
+    return in_flight;
 }
 
 }  // namespace ringsock::detail

@@ -8,6 +8,7 @@
 #include <coroutine>
 #include <cstddef>
 #include <cstdint>
+#include <ctime>
 #include <exception>
 #include <optional>
 #include <stdexcept>
@@ -120,6 +121,8 @@ public:
     void watch_deadline(operation* op) noexcept { deadlines_.watch(op); }
     void unwatch_deadline(operation* op) noexcept { deadlines_.unwatch(op); }
     void make_ready(resumable* r) noexcept { ready_.push(r); }
+    /// Hands every prepared SQE to the kernel now (before a descriptor they name closes).
+    void flush() noexcept { ring_.flush(); }
     /// True when no other coroutine is queued to run before the next enter, so an
     /// operation started now would be alone in it (speculative I/O pays then).
     bool idle_after_current() const noexcept { return ready_.empty(); }
@@ -162,6 +165,18 @@ private:
     };
 
     bool turn(bool block, std::size_t max_resume, std::size_t& resumed);
+    /// Repeats the cancels of operations that are still in flight, at most every
+    /// retry interval (the clock is read only while there are such operations).
+    void repeat_cancels() noexcept {
+        timespec now{};
+        ::clock_gettime(CLOCK_MONOTONIC, &now);
+        const long long ns = now.tv_sec * 1'000'000'000LL + now.tv_nsec;
+        if (retry_due_ns_ == 0) retry_due_ns_ = ns + submission::retry_interval_ns;
+        if (ns < retry_due_ns_) return;
+        retry_due_ns_ = ns + submission::retry_interval_ns;
+        sub_.retry_cancels();
+        if (!sub_.has_retries()) retry_due_ns_ = 0;
+    }
     void process_remote() noexcept {
         for (auto* op : remote_.take()) sub_.request_cancel(op);
     }
@@ -189,6 +204,7 @@ private:
     submission sub_;
     std::optional<wake_op> wake_op_;
     unsigned poll_tick_ = 0;
+    long long retry_due_ns_ = 0;
     std::exception_ptr detached_error_;
     detached_promise* detached_head_ = nullptr;
 };
@@ -230,15 +246,24 @@ inline bool scheduler::turn(bool block, std::size_t max_resume, std::size_t& res
         // queued behind the cap: waiting now would deadlock. With nothing ready, submit
         // past the cap; NODROP keeps any CQ overflow in the kernel and reap() drains it.
         if (sub_.has_pending()) sub_.flush_pending(true);
-        // Wake for the earliest deadline of an operation still waiting in user space.
-        if (block && has_deadline) ring_.enter_until(deadline_list::until(next_deadline));
-        else ring_.enter(block);
+        // Wake for the earliest deadline of an operation still waiting in user space, and
+        // soon enough to repeat cancels that may have missed (submission::retry_cancels).
+        if (block && (has_deadline || sub_.has_retries())) {
+            __kernel_timespec wait = has_deadline ? deadline_list::until(next_deadline)
+                                                  : __kernel_timespec{1, 0};
+            if (sub_.has_retries() && (wait.tv_sec > 0 || wait.tv_nsec > submission::retry_interval_ns))
+                wait = __kernel_timespec{0, submission::retry_interval_ns};
+            ring_.enter_until(wait);
+        } else {
+            ring_.enter(block);
+        }
     } else if (ring_.sq_ready() > 0 || (++poll_tick_ & 31) == 0) {
         // Coroutines are waiting to run: look for completions but never block, and
         // do it at least every 32 turns so I/O is not starved by CPU-bound ping-pong.
         ring_.enter(false);
     }
     sub_.reap();
+    if (sub_.has_retries()) repeat_cancels();
     std::size_t budget = ready_.size();
     while (budget-- > 0 && max_resume > 0 && !ready_.empty()) {
         resumable* r = ready_.pop();

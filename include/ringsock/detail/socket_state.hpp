@@ -60,7 +60,9 @@ struct socket_state {
     /// the kernel; the one in flight on each direction gets an ASYNC_CANCEL through the
     /// context's queue (never lost to a full SQ); one that already completed keeps its
     /// result. None of them touches this socket again. Defined in operation_impl.hpp.
-    void detach_all(scheduler& s) noexcept;
+    /// Returns true if one of them was in flight: its SQE may still be in the SQ, so
+    /// the caller must flush the SQ before closing the descriptor or its slot.
+    bool detach_all(scheduler& s) noexcept;
 
 private:
     void move_gate(op_gate& to, op_gate& from) noexcept;

@@ -26,6 +26,9 @@ namespace ringsock::detail {
 
 class submission {
 public:
+    /// How often a cancel that may have missed its target is repeated.
+    static constexpr long retry_interval_ns = 10'000'000;
+
     submission(ring& r, file_table& files, deadline_list& deadlines, ready_queue& ready) noexcept
         : ring_(r), files_(files), deadlines_(deadlines), ready_(ready), inflight_cap_(r.features().cq_entries) {}
 
@@ -120,15 +123,36 @@ public:
                 io_uring_sqe* sqe = ring_.get_sqe_flushing();
                 if (!sqe) {
                     cancel_backlog_.push_back(op);  // rare: retried by the next flush_pending
+                    retry_watch(op);
                     break;
                 }
                 io_uring_prep_cancel64(sqe, reinterpret_cast<std::uint64_t>(op), 0);
                 sqe->user_data = 0;  // the cancel's own result never refers to the op
                 sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+                retry_watch(op);
                 break;
             }
             default:
                 break;  // already complete: the real result wins
+        }
+    }
+
+    /// TRICKY: an ASYNC_CANCEL that arrives while its target is being handed to an io-wq
+    /// thread (a CONNECT to a full backlog, a send to a full datagram receiver) finds
+    /// nothing (-ENOENT) and the request then blocks for good; a link timeout can miss
+    /// the same way. Every operation cancelled while in flight stays on this list until
+    /// its completion, and the loop repeats its cancel every few milliseconds.
+    bool has_retries() const noexcept { return retry_head_ != nullptr; }
+    void retry_cancels() noexcept {
+        for (operation* op = retry_head_; op;) {
+            operation* following = op->retry_next_;
+            if (op->state_ == op_state::in_flight) {
+                op->cancel_sent_ = false;
+                request_cancel(op);
+            } else {
+                retry_unwatch(op);
+            }
+            op = following;
         }
     }
 
@@ -164,6 +188,7 @@ public:
     /// CQE is in. Completions of other operations reaped meanwhile are queued, not run.
     void settle(operation* op) noexcept {
         deadlines_.unwatch(op);
+        retry_unwatch(op);
         switch (op->state_) {
             case op_state::gated:
                 op->gate_->waiters.erase(op);
@@ -182,10 +207,16 @@ public:
                         request_cancel(op);
                     }
                     // Giving up here would free memory the kernel still owns: the ring
-                    // aborts on any error it cannot retry.
-                    ring_.enter(true, "io_uring_enter (settling an operation)");
+                    // aborts on any error it cannot retry. A cancel can miss a request
+                    // being handed to io-wq: wait a little, then cancel again.
+                    ring_.enter_until(__kernel_timespec{0, retry_interval_ns});
                     reap();
+                    if (op->state_ == op_state::in_flight && !std::count(cancel_backlog_.begin(), cancel_backlog_.end(), op)) {
+                        op->cancel_sent_ = false;
+                        request_cancel(op);
+                    }
                 }
+                retry_unwatch(op);
                 if (op->state_ == op_state::ready) {
                     ready_.erase(op);
                     if (!op->is_internal()) ready_.remove_work();
@@ -213,6 +244,7 @@ public:
             op->state_ = op_state::ready;
         }
         deadlines_.clear();
+        while (retry_head_) retry_unwatch(retry_head_);
         bool cancel_all_sent = false;
         while (inflight_ > 0) {
             if (!cancel_all_sent) {
@@ -224,8 +256,10 @@ public:
                     cancel_all_sent = true;
                 }
             }
-            ring_.enter(true, "io_uring_enter (draining the ring)");
+            // Wait a little; a cancel that missed a request on its way to io-wq is sent again.
+            ring_.enter_until(__kernel_timespec{0, retry_interval_ns});
             reap();
+            cancel_all_sent = false;
             auto backlog = std::move(cancel_backlog_);
             cancel_backlog_.clear();
             for (auto* op : backlog) {
@@ -284,7 +318,14 @@ private:
             // running on an io-wq thread and got interrupted) means the deadline fired.
             auto* op = reinterpret_cast<operation*>(ud & ~std::uint64_t{1});
             --inflight_;
-            if (res != -ECANCELED) op->timed_out_ = true;
+            if (res != -ECANCELED) {
+                op->timed_out_ = true;
+                // The request itself is still out: make sure it ends (see retry_cancels).
+                if (op->cqes_left_ > 1) {
+                    op->cancel_requested_ = true;
+                    retry_watch(op);
+                }
+            }
             if (--op->cqes_left_ == 0) complete(op);
             return;
         }
@@ -297,7 +338,25 @@ private:
         }
     }
 
+    void retry_watch(operation* op) noexcept {
+        if (op->in_retry_list_) return;
+        op->in_retry_list_ = true;
+        op->retry_prev_ = nullptr;
+        op->retry_next_ = retry_head_;
+        if (retry_head_) retry_head_->retry_prev_ = op;
+        retry_head_ = op;
+    }
+    void retry_unwatch(operation* op) noexcept {
+        if (!op->in_retry_list_) return;
+        op->in_retry_list_ = false;
+        if (op->retry_prev_) op->retry_prev_->retry_next_ = op->retry_next_;
+        else retry_head_ = op->retry_next_;
+        if (op->retry_next_) op->retry_next_->retry_prev_ = op->retry_prev_;
+        op->retry_next_ = op->retry_prev_ = nullptr;
+    }
+
     void complete(operation* op) noexcept {
+        if (op->in_retry_list_) retry_unwatch(op);
         // A cancel still waiting in the backlog must not outlive the operation it aims
         // at: once resumed, the frame holding the operation may be freed.
         if (op->cancel_sent_ && !cancel_backlog_.empty()) std::erase(cancel_backlog_, op);
@@ -320,6 +379,7 @@ private:
     resumable_list pending_;
     resumable_list late_;  // receives prepared at the end of the turn (submit)
     std::vector<operation*> cancel_backlog_;
+    operation* retry_head_ = nullptr;
     std::size_t inflight_ = 0;      // CQEs still expected for non-zero user_data
     std::size_t inflight_cap_ = 0;  // at most this many, so the CQ never overflows
     bool shutting_down_ = false;

@@ -27,7 +27,10 @@ namespace ringsock::detail {
 /// through the context's queue (socket_state::detach_all), the registered slot is
 /// given back, then the descriptor is closed. Also what destroying a socket does.
 inline void close_socket(io_context* ctx, unique_fd& fd, socket_state& st) noexcept {
-    if (ctx) st.detach_all(core(*ctx));
+    // TRICKY: an operation's SQE may still sit in the SQ, naming the descriptor (or its
+    // registered slot). Hand it to the kernel first, so it takes its own reference to
+    // the file: closed afterwards, the number could already belong to another file.
+    if (ctx && st.detach_all(core(*ctx))) core(*ctx).flush();
     if (!fd) return;
     st.closed = true;
     st.file.close();
@@ -37,7 +40,7 @@ inline void close_socket(io_context* ctx, unique_fd& fd, socket_state& st) noexc
 /// Gives up a socket's descriptor (release()): operations still on it are cancelled
 /// and detached, and its registered slot goes first.
 inline unique_fd release_socket(io_context* ctx, unique_fd& fd, socket_state& st) noexcept {
-    if (ctx) st.detach_all(core(*ctx));
+    if (ctx && st.detach_all(core(*ctx))) core(*ctx).flush();  // before the slot goes (close_socket)
     st.file.close();
     return std::move(fd);
 }
