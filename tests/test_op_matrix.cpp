@@ -649,3 +649,24 @@ TEST_CASE("op matrix: the table has the expected number of meaningful cells", "[
     CHECK(run + bugs + skipped == static_cast<int>(std::size(kinds) * std::size(states) * std::size(actions)));
     CHECK(run > 250);
 }
+
+// [FAILS] on cca767d: the cells known_bug_of() lists that end (fail) rather than hang.
+// Hidden from the default run so the suite stays usable; run with
+//   build/tests/test_op_matrix "[known_bugs]"
+// Each should pass once its defect is fixed; then drop it from known_bug_of().
+TEST_CASE("op matrix: the known-bug cells end as documented", "[.][known_bugs]") {
+    for (const kind_info& ki : kinds) {
+        for (state s : states) {
+            for (action a : actions) {
+                auto bug = known_bug_of(ki, s, a);
+                if (skip_reason(ki, s, a) || !bug || bug->hangs) continue;
+                // (The defect goes in INFO: Catch2 2.13's line wrapper loops forever on
+                // some long section names.)
+                DYNAMIC_SECTION(ki.name << " / " << name_of(s) << " / " << name_of(a)) {
+                    INFO("known bug: " << bug->what);
+                    run_cell(ki, s, a);
+                }
+            }
+        }
+    }
+}
