@@ -155,7 +155,7 @@ private:
 class accept_wait final : public operation {
 public:
     accept_wait(io_context& ctx, accept_engine* engine, const op_limits& lim) noexcept
-        : operation(ctx, lim), engine_(engine) {
+        : operation(ctx, lim), engine_(engine), built_open_(engine && !engine->is_shut()) {
         if (engine) gate_ = engine->waiters();
     }
     ~accept_wait() {
@@ -164,7 +164,9 @@ public:
     }
     bool await_ready() noexcept {
         if (!engine_ || engine_->is_shut()) {
-            res_ = -EBADF;  // the acceptor is closed
+            // Closed before this was awaited: cancelled, like a socket's operations;
+            // already closed when accept() was called: EBADF, like a closed socket.
+            res_ = built_open_ ? -ECANCELED : -EBADF;
         } else if (!operation::await_ready()) {
             int fd = engine_->take();
             if (fd < 0) return false;
@@ -192,6 +194,7 @@ public:
 
 private:
     accept_engine* engine_;
+    bool built_open_;
     bool handed_ = false;
 };
 
