@@ -604,6 +604,7 @@ TEST_CASE("hostile: a gated read whose time limit runs out as it is handed the s
     }
     INFO("gated got it " << got_by_gated << ", timed out " << timed_out);
     CHECK(got_by_gated + timed_out == 300);
+    CHECK(left_in_socket == timed_out);
 }
 
 // ---------------------------------------------------------------------------------

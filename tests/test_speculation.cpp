@@ -152,7 +152,7 @@ TEST_CASE("speculation: a reader loop gets data that is already there, then wait
         // Nothing there now: the attempt misses and the ring waits for the peer.
         ringsock::scope s(a.context());
         s.spawn([&](std::stop_token) -> task<void> {
-            co_await ringsock::sleep_for(a.context(), 20ms);
+            (void)co_await ringsock::sleep_for(a.context(), 20ms);
             {
                 auto r_8 = co_await a.write_all(std::string_view("ghi"));
                 REQUIRE(r_8);
