@@ -6,35 +6,17 @@
 
 #include <ctime>
 
+#include "op_list.hpp"
 #include "operation.hpp"
 
 namespace ringsock::detail {
 
 class deadline_list {
 public:
-    bool empty() const noexcept { return head_ == nullptr; }
-
-    void watch(operation* op) noexcept {
-        if (op->in_deadline_list_) return;
-        op->in_deadline_list_ = true;
-        op->deadline_prev_ = nullptr;
-        op->deadline_next_ = head_;
-        if (head_) head_->deadline_prev_ = op;
-        head_ = op;
-    }
-
-    void unwatch(operation* op) noexcept {
-        if (!op->in_deadline_list_) return;
-        op->in_deadline_list_ = false;
-        if (op->deadline_prev_) op->deadline_prev_->deadline_next_ = op->deadline_next_;
-        else head_ = op->deadline_next_;
-        if (op->deadline_next_) op->deadline_next_->deadline_prev_ = op->deadline_prev_;
-        op->deadline_next_ = op->deadline_prev_ = nullptr;
-    }
-
-    void clear() noexcept {
-        while (head_) unwatch(head_);
-    }
+    bool empty() const noexcept { return list_.empty(); }
+    void watch(operation* op) noexcept { list_.push(op); }
+    void unwatch(operation* op) noexcept { list_.erase(op); }
+    void clear() noexcept { list_.clear(); }
 
     /// Calls `expire(op)` for every listed operation still waiting in user space whose
     /// deadline has passed (unlisted first), drops those that reached the kernel (their
@@ -46,8 +28,8 @@ public:
         ::clock_gettime(CLOCK_MONOTONIC, &ts);
         const __kernel_timespec now{ts.tv_sec, ts.tv_nsec};
         bool any = false;
-        for (operation* op = head_; op;) {
-            operation* following = op->deadline_next_;
+        for (operation* op = list_.front(); op;) {
+            operation* following = list::next(op);
             if (op->state_ != op_state::gated && op->state_ != op_state::pending) {
                 unwatch(op);
             } else if (!deadline_before(now, op->deadline_)) {
@@ -72,7 +54,8 @@ public:
     }
 
 private:
-    operation* head_ = nullptr;
+    using list = op_list<&operation::deadline_next_, &operation::deadline_prev_, &operation::in_deadline_list_>;
+    list list_;
 };
 
 }  // namespace ringsock::detail

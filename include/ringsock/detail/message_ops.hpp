@@ -136,19 +136,10 @@ private:
             build_msg();
             r = ::sendmsg(fd_, &msg_, MSG_DONTWAIT | MSG_NOSIGNAL);
         }
-        if (r < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
-                tried_now(true, false);
-                return false;
-            }
-            res_ = -errno;
-        } else {
-            tried_now(true, true);
-            res_ = static_cast<int>(r);
-            // A partial stream send continues on the ring, without the descriptors
-            // that went with the first chunk.
-            if (kind_ == kind::stream && tally_.add(res_, *this)) return false;
-        }
+        if (!took_now(r, true)) return false;
+        // A partial stream send continues on the ring, without the descriptors that went
+        // with the first chunk.
+        if (kind_ == kind::stream && tally_.add(res_, *this)) return false;
         state_ = op_state::done;
         return true;
     }
@@ -226,16 +217,7 @@ public:
         if (kind_ == kind::stream_exact || !may_try_now(false)) return false;
         const int flags = build_msg();
         ssize_t r = ::recvmsg(fd_, &msg_, flags | MSG_DONTWAIT);
-        if (r < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
-                tried_now(false, false);
-                return false;
-            }
-            res_ = -errno;
-        } else {
-            tried_now(false, true);
-            res_ = static_cast<int>(r);
-        }
+        if (!took_now(r, false)) return false;
         (void)on_complete();  // never resubmits for these kinds: takes the descriptors
         state_ = op_state::done;
         return true;

@@ -206,7 +206,9 @@ protected:
     /// Speculative I/O (speculation.hpp): whether one direct non-blocking syscall is
     /// worth trying instead of a ring round; then report how it went.
     bool may_try_now(bool sends) noexcept;
-    void tried_now(bool sends, bool hit) noexcept;
+    /// Takes a direct attempt's result `r` (a syscall's return, errno set on -1) into
+    /// res_. False when it would have blocked: the operation goes to the ring instead.
+    bool took_now(long r, bool sends) noexcept;
     /// The socket is going away: forget it (called by socket_state only).
     void detach_socket() noexcept {
         sock_ = nullptr;

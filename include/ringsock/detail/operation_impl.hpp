@@ -65,10 +65,19 @@ inline bool operation::may_try_now(bool sends) noexcept {
     return spec.worth_trying() && !gate_->busy && !st->closed && ctx_->idle_after_current();
 }
 
-inline void operation::tried_now(bool sends, bool hit) noexcept {
+inline bool operation::took_now(long r, bool sends) noexcept {
     speculation& spec = sends ? sock_->send_spec : sock_->recv_spec;
-    if (hit) spec.hit();
-    else spec.missed();
+    if (r >= 0) {
+        spec.hit();
+        res_ = static_cast<int>(r);
+        return true;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+        spec.missed();
+        return false;
+    }
+    res_ = -errno;  // a real error: the operation ends with it
+    return true;
 }
 
 inline bool socket_state::detach_all(scheduler& s) noexcept {

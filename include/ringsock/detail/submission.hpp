@@ -17,6 +17,7 @@
 #include "deadline_list.hpp"
 #include "fatal.hpp"
 #include "file_table.hpp"
+#include "op_list.hpp"
 #include "operation.hpp"
 #include "ready_queue.hpp"
 #include "ring.hpp"
@@ -142,10 +143,10 @@ public:
     /// nothing (-ENOENT) and the request then blocks for good; a link timeout can miss
     /// the same way. Every operation cancelled while in flight stays on this list until
     /// its completion, and the loop repeats its cancel every few milliseconds.
-    bool has_retries() const noexcept { return retry_head_ != nullptr; }
+    bool has_retries() const noexcept { return !retries_.empty(); }
     void retry_cancels() noexcept {
-        for (operation* op = retry_head_; op;) {
-            operation* following = op->retry_next_;
+        for (operation* op = retries_.front(); op;) {
+            operation* following = retry_list::next(op);
             if (op->state_ == op_state::in_flight) {
                 op->cancel_sent_ = false;
                 request_cancel(op);
@@ -244,7 +245,7 @@ public:
             op->state_ = op_state::ready;
         }
         deadlines_.clear();
-        while (retry_head_) retry_unwatch(retry_head_);
+        retries_.clear();
         bool cancel_all_sent = false;
         while (inflight_ > 0) {
             if (!cancel_all_sent) {
@@ -338,22 +339,8 @@ private:
         }
     }
 
-    void retry_watch(operation* op) noexcept {
-        if (op->in_retry_list_) return;
-        op->in_retry_list_ = true;
-        op->retry_prev_ = nullptr;
-        op->retry_next_ = retry_head_;
-        if (retry_head_) retry_head_->retry_prev_ = op;
-        retry_head_ = op;
-    }
-    void retry_unwatch(operation* op) noexcept {
-        if (!op->in_retry_list_) return;
-        op->in_retry_list_ = false;
-        if (op->retry_prev_) op->retry_prev_->retry_next_ = op->retry_next_;
-        else retry_head_ = op->retry_next_;
-        if (op->retry_next_) op->retry_next_->retry_prev_ = op->retry_prev_;
-        op->retry_next_ = op->retry_prev_ = nullptr;
-    }
+    void retry_watch(operation* op) noexcept { retries_.push(op); }
+    void retry_unwatch(operation* op) noexcept { retries_.erase(op); }
 
     void complete(operation* op) noexcept {
         if (op->in_retry_list_) retry_unwatch(op);
@@ -379,7 +366,8 @@ private:
     resumable_list pending_;
     resumable_list late_;  // receives prepared at the end of the turn (submit)
     std::vector<operation*> cancel_backlog_;
-    operation* retry_head_ = nullptr;
+    using retry_list = op_list<&operation::retry_next_, &operation::retry_prev_, &operation::in_retry_list_>;
+    retry_list retries_;
     std::size_t inflight_ = 0;      // CQEs still expected for non-zero user_data
     std::size_t inflight_cap_ = 0;  // at most this many, so the CQ never overflows
     bool shutting_down_ = false;

@@ -173,18 +173,9 @@ private:
         ssize_t r;
         if (is_send()) r = ::send(fd_, p, n, MSG_DONTWAIT | MSG_NOSIGNAL);
         else r = ::recv(fd_, p, n, MSG_DONTWAIT | (kind_ == kind::recv_message ? MSG_TRUNC : 0));
-        if (r < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
-                tried_now(is_send(), false);
-                return false;
-            }
-            res_ = -errno;
-        } else {
-            tried_now(is_send(), true);
-            res_ = static_cast<int>(r);
-            // A partial write_all / read_exact continues on the ring from where it is.
-            if (!is_message() && tally_.add(res_, *this)) return false;
-        }
+        if (!took_now(r, is_send())) return false;
+        // A partial write_all / read_exact continues on the ring from where it is.
+        if (!is_message() && tally_.add(res_, *this)) return false;
         state_ = op_state::done;
         return true;
     }
