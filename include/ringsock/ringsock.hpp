@@ -10,6 +10,7 @@
 #include "error.hpp"
 #include "fd_passing.hpp"
 #include "fd_stream.hpp"
+#include "file.hpp"
 #include "io_context.hpp"
 #include "io_result.hpp"
 #include "op_limits.hpp"
