@@ -104,6 +104,17 @@ TEST_CASE("timer: cancel() ends waits in progress with operation_canceled, at ev
             CHECK(canceled(a.ec));
             CHECK(canceled(b.ec));
         }
+        // cancel(), then a move into the past before the kernel answers: the cancel wins.
+        outcome c;
+        {
+            scope sc(ctx);
+            sc.spawn(wait_on(t, {}, c));
+            for (int k = 0; k < 3; ++k) co_await ctx.yield();
+            CHECK(t.cancel() == 1);
+            t.expires_at(clock_type::now() - 1s);
+            co_await sc.join();
+        }
+        CHECK(canceled(c.ec));
         // Cancel before any wait: nothing to cancel; the next wait still expires.
         CHECK(t.cancel() == 0);
         t.expires_after(10ms);

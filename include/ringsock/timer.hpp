@@ -173,6 +173,7 @@ public:
     /// Waits until the expiry. co_await yields io_result<void>: success when the timer
     /// expired, operation_canceled after cancel() (or a stop request), timed_out when
     /// `lim`'s own time limit came first. An expiry already past returns at once.
+    /// The timer must outlive the co_await.
     [[nodiscard]] detail::timer_wait_op wait(op_limits lim = {}) noexcept {
         return detail::timer_wait_op(*ctx_, this, lim);
     }
@@ -234,6 +235,8 @@ inline bool timer_wait_op::on_complete() noexcept {
     const bool moved = res_ == -ECANCELED && std::exchange(moving_, false);
     // Cancelled for good (stop, cancel(), own time limit), or an error: as it is.
     if ((!fired && !moved) || timed_out_ || dying_ || !timer_) return true;
+    // A cancel() or stop that came with the move wins, even if the new expiry is due.
+    if (!fired && (canceled_ || stop_.stop_requested())) return true;
     if (monotonic_now_ns() >= timer_->expiry_ns_) {
         res_ = -ETIME;  // due: the expiry moved earlier and has passed, or fired on time
         return true;
