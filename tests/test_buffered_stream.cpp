@@ -35,14 +35,29 @@ std::size_t g_allocations = 0;
 
 }  // namespace
 
-// noinline: inlined into a caller, g++ 12 sees free() on a pointer from operator new.
-[[gnu::noinline]] void* operator new(std::size_t n) {
+// Every non-aligned form is replaced, so no allocation pairs ours with the runtime's
+// (AddressSanitizer checks that). noinline: inlined into a caller, g++ 12 would report
+// free() on a pointer from operator new.
+namespace {
+[[gnu::noinline]] void* counted_alloc(std::size_t n) noexcept {
     ++g_allocations;
-    if (void* p = std::malloc(n ? n : 1)) return p;
+    return std::malloc(n ? n : 1);
+}
+[[gnu::noinline]] void* counted_alloc_or_throw(std::size_t n) {
+    if (void* p = counted_alloc(n)) return p;
     throw std::bad_alloc();
 }
+}  // namespace
+void* operator new(std::size_t n) { return counted_alloc_or_throw(n); }
+void* operator new[](std::size_t n) { return counted_alloc_or_throw(n); }
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept { return counted_alloc(n); }
+void* operator new[](std::size_t n, const std::nothrow_t&) noexcept { return counted_alloc(n); }
 [[gnu::noinline]] void operator delete(void* p) noexcept { std::free(p); }
+[[gnu::noinline]] void operator delete[](void* p) noexcept { std::free(p); }
 [[gnu::noinline]] void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+[[gnu::noinline]] void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+[[gnu::noinline]] void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
+[[gnu::noinline]] void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
 
 namespace {
 
