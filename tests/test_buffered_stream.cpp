@@ -816,3 +816,47 @@ TEST_CASE("buffered_stream: descriptors over the stream's fd_limit are closed an
         CHECK(same_file(fds[0], p1.r));
     }());
 }
+
+TEST_CASE("buffered_stream: destroying a read mid-frame settles it, frees the buffered_stream, and keeps the bytes",
+          "[buffered_stream]") {
+    fd_leak_guard guard;
+    io_context ctx;
+    auto [a, b] = make_pair<stream_socket>(ctx);
+    buffered_stream in(b);
+    ctx.sync_wait([&]() -> task<void> {
+        auto w = co_await a.write_all(std::string_view("par"));
+        REQUIRE(w);
+        bool finished = false;
+        {
+            auto body = [&]() -> task<void> {  // named: the task refers to it while it runs
+                (void)co_await in.read_line(100);
+                finished = true;
+            };
+            auto reader = body();
+            reader.handle().resume();  // runs until the read waits for the socket
+            (void)co_await ringsock::sleep_for(ctx, 5ms);
+            CHECK_FALSE(finished);
+        }  // destroyed while its read is in flight
+        CHECK(in.buffered() == "par");
+        auto w2 = co_await a.write_all(std::string_view("tial\n"));
+        REQUIRE(w2);
+        auto l = co_await in.read_line(100, 1s);
+        REQUIRE(l);
+        CHECK(*l == "partial");
+    }());
+}
+
+TEST_CASE("buffered_stream: an empty delimiter, or one longer than max_capacity, is invalid_argument", "[buffered_stream]") {
+    fd_leak_guard guard;
+    io_context ctx;
+    auto [a, b] = make_pair<stream_socket>(ctx);
+    buffered_stream in(b, 2, 4);
+    ctx.sync_wait([&]() -> task<void> {
+        auto e = co_await in.read_until("", 10);
+        CHECK(e.error() == std::errc::invalid_argument);
+        auto l = co_await in.read_until("12345", 10);
+        CHECK(l.error() == std::errc::invalid_argument);
+        auto f = co_await in.read_frame<std::uint64_t>(10);  // an 8-byte length cannot fit
+        CHECK(f.error() == std::errc::invalid_argument);
+    }());
+}

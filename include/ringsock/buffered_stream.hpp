@@ -103,6 +103,9 @@ concept fd_receiving_stream = readable_stream<S> && requires(S& s) {
 /// (a second one started meanwhile fails with framing_errc::concurrent_read); do not
 /// read from the stream directly while the buffer is in use, or bytes come out of
 /// order. Movable while no operation is running; an operation must not outlive it.
+/// A frame is consumed when its read succeeds: a result thrown away (a when_any loser
+/// that completed anyway) loses that frame, as it would lose a plain read's bytes.
+/// Destroying a read part-way cancels it and keeps what it had buffered.
 template <readable_stream Stream>
 class buffered_stream : public detail::frame_slot_owner {
 public:
