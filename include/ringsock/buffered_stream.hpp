@@ -158,8 +158,9 @@ public:
     /// Copies out what is buffered, up to buf's size, without any I/O; with nothing
     /// buffered it reads once (straight into `buf` when that is at least capacity(),
     /// else into the buffer, keeping what does not fit). co_await yields
-    /// io_result<std::size_t>: at least one byte, 0 at end of stream. On an error
-    /// nothing is placed in `buf`, and bytes the read did bring stay buffered.
+    /// io_result<std::size_t>: at least one byte, 0 at end of stream. On an error the
+    /// bytes the read did bring are still buffered, or, read straight into `buf`,
+    /// counted in partial_value() (as the stream's read_some reports them).
     template <writable_bytes B>
     [[nodiscard]] auto read_some(B&& buf, op_limits lim = {}) {
         auto slot = use_slot();
