@@ -14,7 +14,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <array>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -76,34 +75,28 @@ task<void> serve_client(ringsock::fd_stream sock, server_state& st) {
         --st.connections;
         co_return;
     }
-    std::string pending;
-    std::array<char, 4096> buf;
-    for (;;) {
-        auto n = co_await sock.read_some(buf, token);
+    // A request ends at "\n": read_until, not read_line, so a "\r" before it stays part of
+    // the name (and the name is refused), as it always was.
+    ringsock::buffered_stream in(sock);
+    for (bool ok = true; ok;) {
+        auto line = co_await in.read_until("\n", max_request, token);
         // Descriptors the client pushed at us are not wanted: close them (a push over the
         // queue limit was already closed, reported as fds_truncated with the bytes kept).
-        if (auto pushed = sock.take_fds(); !pushed.empty())
+        if (auto pushed = in.take_fds(); !pushed.empty())
             std::fprintf(stderr, "fd_server: closed %zu descriptor(s) sent by pid %d\n", pushed.size(), int(cred->pid));
-        std::size_t got = n ? *n : (n.error() == ringsock::errc::fds_truncated ? n.partial_value() : 0);
-        if (got == 0) break;  // end of stream, error or cancelled
-        pending.append(buf.data(), got);
-        std::size_t nl;
-        bool ok = true;
-        while (ok && (nl = pending.find('\n')) != std::string::npos) {
-            reply r = open_request(st, std::string_view(pending).substr(0, nl));
-            pending.erase(0, nl + 1);
-            if (r.fd) {
-                auto w = co_await sock.send_fds(r.line, r.fd, token);
-                ok = static_cast<bool>(w);
-            } else {
-                auto w = co_await sock.write_all(r.line, token);
-                ok = static_cast<bool>(w);
-            }
-        }
-        if (!ok) break;
-        if (pending.size() > max_request) {
+        if (!line && line.error() == ringsock::errc::fds_truncated) continue;
+        if (!line && line.error() == ringsock::framing_errc::frame_too_long) {
             (void)co_await sock.write_all(std::string_view("ERR request too long\n"), {token, 5s});
             break;  // disconnect: the rest of the line is never read
+        }
+        if (!line) break;  // end of stream, error or cancelled
+        reply r = open_request(st, *line);
+        if (r.fd) {
+            auto w = co_await sock.send_fds(r.line, r.fd, token);
+            ok = static_cast<bool>(w);
+        } else {
+            auto w = co_await sock.write_all(r.line, token);
+            ok = static_cast<bool>(w);
         }
     }
     --st.connections;

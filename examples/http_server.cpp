@@ -20,7 +20,6 @@
 #include <ringsock/ringsock.hpp>
 #include <ringsock/socket_activation.hpp>
 
-#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdio>
@@ -288,20 +287,12 @@ task<void> serve_connection(ringsock::stream_socket sock, server_state& st) {
     ++st.connections;
     const config& cfg = st.cfg;
     const auto peer = ringsock::peer_credentials(sock);  // as of connect(): not spoofable
-    std::string in;  // bytes received and not yet consumed (pipelined requests)
-    std::array<char, 16 * 1024> chunk;
+    // Pipelined requests wait here; the largest head fits, so the buffer never grows.
+    ringsock::buffered_stream in(sock, max_head + 2, max_head + 2);
     for (bool open = true; open && !st.stop.stop_requested();) {
         // One deadline per request: a client that trickles bytes cannot stay forever.
         auto deadline = std::chrono::steady_clock::now() + cfg.idle_timeout;
-        auto read_more = [&]() -> task<int> {  // 1: got bytes, 0: EOF, -1: timed out, -2: other
-            auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - std::chrono::steady_clock::now());
-            if (left <= 0ns) co_return -1;
-            auto n = co_await sock.read_some(chunk, ringsock::op_limits(st.stop.get_token(), left));
-            if (!n) co_return n.error() == std::errc::timed_out ? -1 : -2;
-            if (*n == 0) co_return 0;
-            in.append(chunk.data(), *n);
-            co_return 1;
-        };
+        auto limits = [&] { return ringsock::op_limits(st.stop.get_token(), deadline - std::chrono::steady_clock::now()); };
         auto send = [&](std::string wire) -> task<bool> {
             auto w = co_await sock.write_all(wire, cfg.idle_timeout);
             co_return w.has_value();
@@ -315,64 +306,54 @@ task<void> serve_connection(ringsock::stream_socket sock, server_state& st) {
             co_return co_await send(std::move(wire));
         };
 
-        // 1. The head, up to the blank line. Empty lines before a request are ignored.
-        std::size_t head_end = std::string::npos;
+        // 1. The head: the request line, then header lines up to a blank one, gathered in
+        // `head` for parse_head. Empty lines before a request are ignored.
+        std::string head;
         std::optional<response> failure;
-        for (std::size_t scanned = 0;;) {
-            while (in.size() >= 2 && in[0] == '\r' && in[1] == '\n') {
-                in.erase(0, 2);
-                scanned = 0;
-            }
-            auto line_end = in.find("\r\n");
-            if (std::min(line_end, in.size()) > max_request_line) {
-                // 414 when it is the target that is long; anything else is malformed.
-                failure = error(in.find(' ') < 32 ? 414 : 400, "request line too long");
+        for (;;) {
+            auto line = co_await in.read_until("\r\n", head.empty() ? max_request_line : max_head, limits());
+            if (!line) {
+                if (line.error() == ringsock::framing_errc::frame_too_long && head.empty())
+                    // 414 when it is the target that is long; anything else is malformed.
+                    failure = error(in.buffered().find(' ') < 32 ? 414 : 400, "request line too long");
+                else if (line.error() == ringsock::framing_errc::frame_too_long)
+                    failure = error(431, "request header fields too large");
+                else if (line.error() == std::errc::timed_out && !(head.empty() && in.buffered().empty()))
+                    failure = error(408, "request incomplete before the timeout");
+                else open = false;  // idle timeout, EOF, reset, or shutting down
                 break;
             }
-            head_end = in.find("\r\n\r\n", scanned > 3 ? scanned - 3 : 0);
-            if (head_end != std::string::npos) break;
-            scanned = in.size();
-            if (in.size() > max_head) {
+            if (line->empty() && head.empty()) continue;
+            head.append(*line).append("\r\n");
+            if (head.size() > max_head) {
                 failure = error(431, "request header fields too large");
                 break;
             }
-            int got = co_await read_more();
-            if (got == 1) continue;
-            if (got == -1 && !in.empty()) failure = error(408, "request incomplete before the timeout");
-            else open = false;  // idle timeout, EOF, reset, or shutting down
-            break;
+            if (line->empty()) break;  // the blank line ending the head
         }
         if (!open) break;
         request req;
-        if (!failure) {
-            if (head_end + 4 > max_head) failure = error(431, "request header fields too large");
-            else failure = parse_head(std::string_view(in).substr(0, head_end + 4), cfg, req);
-        }
+        if (!failure) failure = parse_head(head, cfg, req);
         if (failure) {
-            if (req.method.empty()) req.method = leading_method(in);
+            if (req.method.empty()) req.method = leading_method(head.empty() ? in.buffered() : head);
             const response& r = *failure;
             if (co_await respond(r, req, false)) co_await linger(sock);
             break;
         }
-        in.erase(0, head_end + 4);
 
         // 2. The body: exactly Content-Length bytes.
-        if (req.expect_continue && req.content_length > in.size()) {
+        if (req.expect_continue && req.content_length > in.buffered().size()) {
             if (!co_await send("HTTP/1.1 100 Continue\r\n\r\n")) break;
         }
-        while (in.size() < req.content_length) {
-            int got = co_await read_more();
-            if (got == 1) continue;
-            if (got == -1) {
+        std::string body(req.content_length, '\0');
+        auto got = co_await in.read_exact(body, limits());
+        if (!got) {
+            if (got.error() == std::errc::timed_out) {
                 response timeout = error(408, "request body incomplete before the timeout");
                 if (co_await respond(timeout, req, false)) co_await linger(sock);
             }
-            open = false;
             break;
         }
-        if (!open) break;
-        std::string body = in.substr(0, req.content_length);
-        in.erase(0, req.content_length);
 
         // 3. The response.
         bool keep_alive = req.keep_alive && !st.stop.stop_requested();

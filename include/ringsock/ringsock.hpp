@@ -4,6 +4,7 @@
 
 #include "acceptor.hpp"
 #include "buffer.hpp"
+#include "buffered_stream.hpp"
 #include "credentials.hpp"
 #include "datagram_socket.hpp"
 #include "endpoint.hpp"
