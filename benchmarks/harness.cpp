@@ -2,6 +2,7 @@
 // table and JSON output, allocation counting.
 #include "harness.hpp"
 #include "report.hpp"
+#include "sockutil.hpp"
 
 #include <pthread.h>
 #include <sched.h>
@@ -206,6 +207,31 @@ void pin_peer_thread() noexcept {
     set_thread_cpu(cpu);
   else if (g_have_mask)
     set_thread_mask(g_original_mask);
+}
+
+// peer_thread (sockutil.hpp) lives here: it applies the workload's placement.
+void peer_thread::start(int wake_fd, std::function<void()> fn, std::function<void()> on_error) {
+  wake_fd_ = wake_fd;
+  thread_ = std::thread([this, fn = std::move(fn), on_error = std::move(on_error)] {
+    pin_peer_thread();
+    try {
+      fn();
+    } catch (...) {
+      error_ = std::current_exception();
+      failed_.store(true, std::memory_order_release);
+      if (on_error) on_error();
+    }
+  });
+}
+
+void peer_thread::stop_and_join() noexcept {
+  if (!thread_.joinable()) return;
+  if (wake_fd_ >= 0) ::shutdown(wake_fd_, SHUT_RDWR);
+  thread_.join();
+}
+
+void peer_thread::check() const {
+  if (failed_.load(std::memory_order_acquire) && error_) std::rethrow_exception(error_);
 }
 
 void progress::wait_for(std::uint64_t target) const {
