@@ -22,6 +22,7 @@
 #include <stdexcept>
 
 #include "report.hpp"
+#include "uring_setup.hpp"
 
 #ifndef RINGSOCK_BENCH_LIBURING_VERSION
 #define RINGSOCK_BENCH_LIBURING_VERSION "unknown"
@@ -229,21 +230,7 @@ std::int64_t process_cpu_ns(pid_t pid) {
 }
 
 // ---------------------------------------------------------------------------
-uring::uring(unsigned entries, unsigned cq_entries) {
-  io_uring_params p{};
-  p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
-  p.cq_entries = cq_entries;
-  int r = io_uring_queue_init_params(entries, &r_, &p);
-  if (r < 0) {
-    dt_ = false;
-    p = io_uring_params{};
-    p.flags = IORING_SETUP_CQSIZE;
-    p.cq_entries = cq_entries;
-    r = io_uring_queue_init_params(entries, &r_, &p);
-  }
-  if (r < 0) throw_res(r, "io_uring_queue_init_params");
-  io_uring_register_ring_fd(&r_);  // optional speed-up; ignore failure
-}
+uring::uring(unsigned entries, unsigned cq_entries) : dt_(init_uring(r_, entries, cq_entries, true)) {}
 
 uring::~uring() { io_uring_queue_exit(&r_); }
 
