@@ -168,14 +168,8 @@ void serve_epoll(idle_server& s) {
   struct conn {
     std::uint32_t requests = 0;
   };
-  unique_fd ep(::epoll_create1(EPOLL_CLOEXEC));
-  if (!ep) throw_errno("epoll_create1");
   const int lfd = s.listener.get();
-  if (::fcntl(lfd, F_SETFL, ::fcntl(lfd, F_GETFL) | O_NONBLOCK) != 0) throw_errno("fcntl O_NONBLOCK");
-  epoll_event lev{};
-  lev.events = EPOLLIN;
-  lev.data.fd = lfd;
-  if (::epoll_ctl(ep.get(), EPOLL_CTL_ADD, lfd, &lev) != 0) throw_errno("epoll_ctl");
+  unique_fd ep = epoll_with_listener(lfd);
   std::vector<conn> conns;       // indexed by descriptor
   std::vector<int> open_fds;     // to close them at the end (not per-connection state a server needs)
   open_fds.reserve(s.n);
@@ -185,26 +179,15 @@ void serve_epoll(idle_server& s) {
   std::size_t answered = 0;
   std::array<epoll_event, 256> evs;
   while (answered < s.n) {
-    int ne = ::epoll_wait(ep.get(), evs.data(), static_cast<int>(evs.size()), 60'000);
-    if (ne < 0 && errno == EINTR) continue;
-    if (ne < 0) throw_errno("epoll_wait");
-    if (ne == 0) throw std::runtime_error("epoll_wait: nothing for 60 s");
+    const int ne = epoll_wait_some(ep.get(), evs.data(), static_cast<int>(evs.size()), -1);
     for (int k = 0; k < ne; ++k) {
       const int fd = evs[static_cast<std::size_t>(k)].data.fd;
       if (fd == lfd) {
-        for (;;) {
-          int c = ::accept4(lfd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-          if (c < 0) {
-            if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) break;
-            throw_errno("accept4");
-          }
+        for (int c; (c = accept_nonblocking(lfd)) >= 0;) {
           open_fds.push_back(c);
           if (static_cast<std::size_t>(c) >= conns.size()) conns.resize(static_cast<std::size_t>(c) + 1);
           conns[static_cast<std::size_t>(c)] = {};
-          epoll_event ev{};
-          ev.events = EPOLLIN;
-          ev.data.fd = c;
-          if (::epoll_ctl(ep.get(), EPOLL_CTL_ADD, c, &ev) != 0) throw_errno("epoll_ctl");
+          epoll_add_in(ep.get(), c);
         }
         continue;
       }
@@ -276,11 +259,7 @@ void serve_ringsock_plain(idle_server& s) {
 // To add: ringsock_lent (a lent-buffer read: no buffer per idle connection).
 // void serve_ringsock_lent(idle_server& s);
 
-struct impl {
-  const char* name;
-  const char* description;
-  void (*serve)(idle_server&);
-};
+using impl = impl_row<idle_server>;
 
 const impl impls[] = {
     {"raw_uring_floor", "multishot accept (direct descriptors) + multishot recv, one shared 4 MiB buffer ring",
@@ -345,11 +324,7 @@ result run_cell(const impl& im, std::size_t n) {
       const std::size_t fds0 = count_open_fds();
       im.serve(s);
       s.listener.reset();
-      ctl_msg m;
-      m.kind = ctl_msg::done;
-      m.v[0] = static_cast<std::int64_t>(count_open_fds()) - static_cast<std::int64_t>(fds0 - 1);
-      m.v[1] = now_ns() - s.teardown_start;
-      ctl_send(ctl, m);
+      report_server_done(ctl, fds0 - 1, now_ns() - s.teardown_start);
     });
     res.start = idle_server::get(ctl_recv(srv.ctl(), ctl_msg::go, 120'000, cli.ctl()));
     res.ready = idle_server::get(ctl_recv(srv.ctl(), ctl_msg::ready, 120'000, cli.ctl()));
@@ -369,18 +344,14 @@ result run_cell(const impl& im, std::size_t n) {
     // A teardown slower than the limit is a result, not a failure: the server is
     // killed and the row says so.
     ctl_send(srv.ctl(), bye);
-    ctl_msg sdone;
     if (wait_readable(srv.ctl(), teardown_limit_s * 1000)) {
-      sdone = ctl_recv(srv.ctl(), ctl_msg::done);
-      res.teardown_s = static_cast<double>(sdone.v[1]) * 1e-9;
-      srv.wait();
+      res.teardown_s = static_cast<double>(wait_server_done(srv)) * 1e-9;
     } else {
       res.teardown_s = NAN;
       srv = child();  // killed and reaped
     }
     ctl_send(cli.ctl(), bye);
     cli.wait();
-    if (sdone.v[0] != 0) throw std::runtime_error("server: " + std::to_string(sdone.v[0]) + " descriptors leaked");
   } catch (const std::exception& e) {
     res.error = e.what();
   }

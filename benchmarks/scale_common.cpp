@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -384,6 +385,58 @@ void output::json(const std::string& fields) {
   if (!json_) return;
   std::printf("{%s, %s}\n", json_common(program_).c_str(), fields.c_str());
   std::fflush(stdout);
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return NAN;
+  std::sort(v.begin(), v.end());
+  const std::size_t m = v.size() / 2;
+  return v.size() % 2 != 0 ? v[m] : (v[m - 1] + v[m]) / 2;
+}
+
+void report_server_done(int ctl, std::size_t expected, std::int64_t extra) {
+  ctl_msg m;
+  m.kind = ctl_msg::done;
+  m.v[0] = static_cast<std::int64_t>(count_open_fds()) - static_cast<std::int64_t>(expected);
+  m.v[1] = extra;
+  ctl_send(ctl, m);
+}
+
+std::int64_t wait_server_done(child& srv, int timeout_ms) {
+  const ctl_msg m = ctl_recv(srv.ctl(), ctl_msg::done, timeout_ms);
+  srv.wait();
+  if (m.v[0] != 0) throw std::runtime_error("server: " + std::to_string(m.v[0]) + " descriptors leaked");
+  return m.v[1];
+}
+
+unique_fd epoll_with_listener(int lfd) {
+  unique_fd ep(::epoll_create1(EPOLL_CLOEXEC));
+  if (!ep) throw_errno("epoll_create1");
+  const int fl = ::fcntl(lfd, F_GETFL);
+  if (fl < 0 || ::fcntl(lfd, F_SETFL, fl | O_NONBLOCK) != 0) throw_errno("fcntl O_NONBLOCK");
+  epoll_add_in(ep.get(), lfd);
+  return ep;
+}
+
+void epoll_add_in(int ep, int fd) {
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.fd = fd;
+  if (::epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) != 0) throw_errno("epoll_ctl");
+}
+
+int accept_nonblocking(int lfd) {
+  int c = ::accept4(lfd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  if (c >= 0) return c;
+  if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) return -1;
+  throw_errno("accept4");
+}
+
+int epoll_wait_some(int ep, epoll_event* evs, int max, int timeout_ms) {
+  int n = ::epoll_wait(ep, evs, max, timeout_ms);
+  if (n >= 0) return n;
+  if (errno == EINTR) return 0;
+  throw_errno("epoll_wait");
 }
 
 unique_fd make_scale_listener(const unix_addr& addr) { return make_listener(addr, 0, 65535); }

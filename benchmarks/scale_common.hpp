@@ -8,6 +8,7 @@
 #pragma once
 
 #include <liburing.h>
+#include <sys/epoll.h>
 #include <sys/types.h>
 
 #include <cstddef>
@@ -205,6 +206,34 @@ class output {
   bool json_;
   std::FILE* table_;
 };
+
+// One implementation of a scale program: its row name, a line for the header, and
+// the function the server process runs.
+template <class Server>
+struct impl_row {
+  const char* name;
+  const char* description;
+  void (*serve)(Server&);
+};
+
+// The median (NaN for none).
+double median(std::vector<double> v);
+
+// The end of a server child: reports to the parent how many descriptors were left
+// open beyond `expected` (0 when none leaked) and `extra` in v[1].
+void report_server_done(int ctl, std::size_t expected, std::int64_t extra = 0);
+// The parent's side: waits for that report, reaps the server, throws on a leak;
+// returns `extra`.
+std::int64_t wait_server_done(child& srv, int timeout_ms = 60'000);
+
+// epoll helpers for the epoll servers: a set watching `lfd` (made non-blocking) for
+// EPOLLIN with data.fd = lfd; adding a descriptor for EPOLLIN (data.fd = fd); one
+// accept4 (SOCK_NONBLOCK|SOCK_CLOEXEC) returning -1 when nothing is waiting; a
+// wait that returns 0 on EINTR and throws on errors.
+unique_fd epoll_with_listener(int lfd);
+void epoll_add_in(int ep, int fd);
+int accept_nonblocking(int lfd);
+int epoll_wait_some(int ep, epoll_event* evs, int max, int timeout_ms);
 
 // The listening socket for a scale server: blocking, SOCK_CLOEXEC, mode 0600, backlog
 // as large as net.core.somaxconn allows.
