@@ -31,6 +31,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "report.hpp"
@@ -210,12 +211,25 @@ void serve_raw_uring(scale_server& s) {
   std::latch rings_ready(s.threads);
   assignment as(s.threads);
   s.run_threads([&](unsigned t) {
+    // Every thread arrives at the latch, also when its set-up fails (the others then
+    // see stopping() and end).
+    struct arrive_once {
+      std::latch& l;
+      bool done = false;
+      void operator()() {
+        if (!std::exchange(done, true)) l.arrive_and_wait();
+      }
+      ~arrive_once() {
+        if (!done) l.count_down();
+      }
+    } arrive{rings_ready};
     uring r(256, 1024);
     const auto table = static_cast<unsigned>(s.conns + 8);
     if (int rc = io_uring_register_files_sparse(r.get(), table); rc < 0) throw_res(rc, "io_uring_register_files_sparse");
     buffer_ring pool(r.get(), 512, 256);
     ring_fds[t] = r.fd();
-    rings_ready.arrive_and_wait();
+    arrive();
+    if (s.stopping()) return;
     std::vector<std::uint8_t> got(table);  // bytes of the current message, by slot
     unsigned next_slot = 0;
     std::size_t closed = 0;
