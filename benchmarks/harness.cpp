@@ -1,13 +1,12 @@
 // ringsock_bench harness: workload list, registry, interleaved slicing, statistics,
 // table and JSON output, allocation counting.
 #include "harness.hpp"
+#include "report.hpp"
+#include "sockutil.hpp"
 
-#include <dirent.h>
 #include <pthread.h>
 #include <sched.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
-#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -17,7 +16,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
-#include <fstream>
 #include <mutex>
 #include <optional>
 #include <new>
@@ -211,6 +209,31 @@ void pin_peer_thread() noexcept {
     set_thread_mask(g_original_mask);
 }
 
+// peer_thread (sockutil.hpp) lives here: it applies the workload's placement.
+void peer_thread::start(int wake_fd, std::function<void()> fn, std::function<void()> on_error) {
+  wake_fd_ = wake_fd;
+  thread_ = std::thread([this, fn = std::move(fn), on_error = std::move(on_error)] {
+    pin_peer_thread();
+    try {
+      fn();
+    } catch (...) {
+      error_ = std::current_exception();
+      failed_.store(true, std::memory_order_release);
+      if (on_error) on_error();
+    }
+  });
+}
+
+void peer_thread::stop_and_join() noexcept {
+  if (!thread_.joinable()) return;
+  if (wake_fd_ >= 0) ::shutdown(wake_fd_, SHUT_RDWR);
+  thread_.join();
+}
+
+void peer_thread::check() const {
+  if (failed_.load(std::memory_order_acquire) && error_) std::rethrow_exception(error_);
+}
+
 void progress::wait_for(std::uint64_t target) const {
   const std::int64_t give_up = slice::now_ns() + 10'000'000'000;
   for (unsigned spin = 0; get() < target; ++spin) {
@@ -369,78 +392,6 @@ double quantile(const std::vector<double>& v, double q) {
   return v[lo] + (v[hi] - v[lo]) * frac;
 }
 
-std::string read_cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("model name", 0) == 0) {
-      auto colon = line.find(':');
-      if (colon != std::string::npos) {
-        auto s = line.substr(colon + 1);
-        s.erase(0, s.find_first_not_of(' '));
-        return s;
-      }
-    }
-  }
-  return "unknown";
-}
-
-struct system_info {
-  std::string kernel_release, kernel_version, machine, cpu;
-  long cpus = 0;
-  std::string compiler = __VERSION__;
-};
-
-system_info get_system_info() {
-  system_info s;
-  utsname u{};
-  if (uname(&u) == 0) {
-    s.kernel_release = u.release;
-    s.kernel_version = u.version;
-    s.machine = u.machine;
-  }
-  s.cpu = read_cpu_model();
-  s.cpus = sysconf(_SC_NPROCESSORS_ONLN);
-#if defined(__clang__)
-  s.compiler = std::string("clang ") + __clang_version__;
-#else
-  s.compiler = std::string("g++ ") + __VERSION__;
-#endif
-  return s;
-}
-
-std::size_t count_open_fds() {
-  std::size_t n = 0;
-  if (DIR* d = opendir("/proc/self/fd")) {
-    while (dirent* e = readdir(d))
-      if (e->d_name[0] != '.') ++n;
-    closedir(d);
-  }
-  return n;
-}
-
-void raise_nofile() {
-  rlimit rl{};
-  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-    rl.rlim_cur = rl.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &rl);
-  }
-}
-
-extern "C" void watchdog_fired(int) {
-  static const char msg[] = "ringsock_bench: watchdog expired, aborting\n";
-  ssize_t r = ::write(2, msg, sizeof msg - 1);
-  (void)r;
-  _exit(3);
-}
-
-void arm_watchdog(unsigned seconds) {
-  struct sigaction sa {};
-  sa.sa_handler = watchdog_fired;
-  sigaction(SIGALRM, &sa, nullptr);
-  alarm(seconds);
-}
-
 // ---------------------------------------------------------------------------
 constexpr std::size_t latency_capacity = 1 << 16;
 
@@ -560,31 +511,6 @@ std::string fmt(const char* f, double v) {
   return buf;
 }
 
-std::string json_string(std::string_view s) {
-  std::string o = "\"";
-  for (char ch : s) {
-    auto c = static_cast<unsigned char>(ch);
-    if (c == '"' || c == '\\') {
-      o += '\\';
-      o += ch;
-    } else if (c < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", c);
-      o += buf;
-    } else {
-      o += ch;
-    }
-  }
-  return o + "\"";
-}
-
-std::string json_number(double v) {
-  if (std::isnan(v) || std::isinf(v)) return "null";
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.6g", v);
-  return buf;
-}
-
 void print_table(std::FILE* out, const workload& w, const std::vector<cell>& cells,
                  const std::vector<cell_stats>& stats, bool iterations_mode, const std::string& where) {
   const char* unit = w.rate_in_bytes ? "GB/s" : "/s";
@@ -651,7 +577,7 @@ int run_main(int argc, char** argv) {
   std::size_t nworkloads = workloads().size();
   double budget = o.iterations != 0 ? 3600.0
                                     : static_cast<double>(nworkloads) * (o.duration_s * 2.0 + 10.0) + 60.0;
-  arm_watchdog(static_cast<unsigned>(budget));
+  arm_watchdog(static_cast<unsigned>(budget), "ringsock_bench");
 
   std::FILE* out = o.json ? stderr : stdout;
   system_info si = get_system_info();

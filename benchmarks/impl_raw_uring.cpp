@@ -41,6 +41,7 @@
 
 #include "harness.hpp"
 #include "sockutil.hpp"
+#include "uring_setup.hpp"
 
 namespace {
 
@@ -83,21 +84,8 @@ class ring {
   // ring can report to the measuring thread); written only by the ring's thread.
   ring(const config& cfg, unsigned entries, unsigned cq_entries, std::atomic<std::uint64_t>* enters = nullptr)
       : enters_(enters != nullptr ? enters : &own_enters_) {
-    io_uring_params p{};
-    p.flags = IORING_SETUP_CQSIZE;
-    p.cq_entries = cq_entries;
-    if (cfg.defer_taskrun) p.flags |= IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
-    int r = io_uring_queue_init_params(entries, &r_, &p);
-    if (r < 0 && cfg.defer_taskrun) {
-      add_note(std::string(cfg.name) + ": SINGLE_ISSUER|DEFER_TASKRUN refused (" + std::to_string(-r) +
-               "), using a plain ring");
-      p = io_uring_params{};
-      p.flags = IORING_SETUP_CQSIZE;
-      p.cq_entries = cq_entries;
-      r = io_uring_queue_init_params(entries, &r_, &p);
-    }
-    if (r < 0) throw_res(r, "io_uring_queue_init_params");
-    io_uring_register_ring_fd(&r_);  // optional speed-up; ignore failure
+    if (!init_uring(r_, entries, cq_entries, cfg.defer_taskrun))
+      add_note(std::string(cfg.name) + ": SINGLE_ISSUER|DEFER_TASKRUN refused, using a plain ring");
   }
   ~ring() { io_uring_queue_exit(&r_); }
   ring(const ring&) = delete;

@@ -1,7 +1,5 @@
 #include "sockutil.hpp"
 
-#include "harness.hpp"
-
 #include <sys/stat.h>
 
 #include <cstdlib>
@@ -83,30 +81,6 @@ unique_fd make_listener(const unix_addr& addr, int extra_flags, int backlog) {
   if (::bind(fd.get(), addr.get(), addr.len) != 0) throw_errno("bind");
   if (::listen(fd.get(), backlog) != 0) throw_errno("listen");
   return fd;
-}
-
-void peer_thread::start(int wake_fd, std::function<void()> fn, std::function<void()> on_error) {
-  wake_fd_ = wake_fd;
-  thread_ = std::thread([this, fn = std::move(fn), on_error = std::move(on_error)] {
-    pin_peer_thread();
-    try {
-      fn();
-    } catch (...) {
-      error_ = std::current_exception();
-      failed_.store(true, std::memory_order_release);
-      if (on_error) on_error();
-    }
-  });
-}
-
-void peer_thread::stop_and_join() noexcept {
-  if (!thread_.joinable()) return;
-  if (wake_fd_ >= 0) ::shutdown(wake_fd_, SHUT_RDWR);
-  thread_.join();
-}
-
-void peer_thread::check() const {
-  if (failed_.load(std::memory_order_acquire) && error_) std::rethrow_exception(error_);
 }
 
 }  // namespace bench
