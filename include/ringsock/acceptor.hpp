@@ -308,6 +308,8 @@ public:
 
     bool is_open() const noexcept { return fd_.valid(); }
     int native_handle() const noexcept { return fd_.get(); }
+    /// The context it accepts on. Precondition: it was opened (not default-constructed).
+    io_context& context() const noexcept { return *ctx_; }
     io_result<endpoint> local_endpoint() const { return ringsock::local_endpoint(fd_.get()); }
 
 private:

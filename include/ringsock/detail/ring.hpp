@@ -23,6 +23,9 @@ struct ring_features {
     bool defer_taskrun = false;
     bool coop_taskrun = false;
     bool registered_ring_fd = false;
+    /// IORING_OP_MSG_RING: other rings wake this one with a completion (Linux >= 5.18);
+    /// without it, posts from other threads wake the loop through its eventfd.
+    bool msg_ring = false;
     /// Slots in the ring's table of registered files (0: none; sockets then use plain
     /// descriptors).
     unsigned registered_files = 0;
@@ -65,12 +68,18 @@ public:
         features_.sq_entries = p.sq_entries;
         features_.cq_entries = p.cq_entries;
         features_.registered_ring_fd = io_uring_register_ring_fd(&ring_) == 1;
+        if (io_uring_probe* probe = io_uring_get_probe_ring(&ring_)) {
+            features_.msg_ring = io_uring_opcode_supported(probe, IORING_OP_MSG_RING) != 0;
+            io_uring_free_probe(probe);
+        }
     }
     ring(const ring&) = delete;
     ring& operator=(const ring&) = delete;
     ~ring() { io_uring_queue_exit(&ring_); }
 
     io_uring* native() noexcept { return &ring_; }
+    /// The ring's own descriptor (what IORING_OP_MSG_RING names as its target).
+    int fd() const noexcept { return ring_.ring_fd; }
     const ring_features& features() const noexcept { return features_; }
     void set_registered_files(unsigned n) noexcept { features_.registered_files = n; }
 

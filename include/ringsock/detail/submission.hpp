@@ -20,6 +20,7 @@
 #include "op_list.hpp"
 #include "operation.hpp"
 #include "ready_queue.hpp"
+#include "remote_queue.hpp"
 #include "ring.hpp"
 #include "socket_state.hpp"
 
@@ -27,6 +28,23 @@ namespace ringsock::detail {
 
 class submission {
 public:
+    /// user_data of the completion another ring posts here with IORING_OP_MSG_RING to
+    /// wake this loop for posted work (inbox.hpp). Operations are 8-byte aligned, link
+    /// timeouts tag bit 0; tag value 2 alone is the wake, 2 on a pointer is the failed
+    /// MSG_RING this ring sent to the remote_queue it points at.
+    static constexpr std::uint64_t msg_ring_wake = 2;
+
+    /// Queues an IORING_OP_MSG_RING that wakes the ring `target_ring_fd`; if it fails,
+    /// `fallback` is woken through its eventfd instead. False when the SQ is full.
+    bool send_wake(int target_ring_fd, remote_queue* fallback) noexcept {
+        io_uring_sqe* sqe = ring_.get_sqe_flushing();
+        if (!sqe) return false;
+        io_uring_prep_msg_ring(sqe, target_ring_fd, 0, msg_ring_wake, 0);
+        sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+        sqe->user_data = reinterpret_cast<std::uint64_t>(fallback) | msg_ring_wake;
+        return true;
+    }
+
     /// How often a cancel that may have missed its target is repeated.
     static constexpr long retry_interval_ns = 10'000'000;
 
@@ -313,6 +331,12 @@ private:
 
     void dispatch(std::uint64_t ud, int res, unsigned flags) noexcept {
         if (ud == 0) return;  // results of cancel requests: the target's own CQE tells all
+        if ((ud & 3) == msg_ring_wake) {
+            // A wake from another ring (the turn looks at the inbox anyway), or a wake
+            // this ring sent that failed (the target's CQ is full...): use its eventfd.
+            if (ud != msg_ring_wake && !shutting_down_) reinterpret_cast<remote_queue*>(ud & ~std::uint64_t{3})->wake();
+            return;
+        }
         if (ud & 1) {
             // The link timeout of an operation. -ECANCELED means the operation finished
             // first; anything else (-ETIME, or -ENOENT/-EALREADY when the operation was
