@@ -4,6 +4,7 @@
 
 #include "acceptor.hpp"
 #include "buffer.hpp"
+#include "buffer_ring.hpp"
 #include "buffered_stream.hpp"
 #include "context_pool.hpp"
 #include "credentials.hpp"

@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "buffer.hpp"
+#include "buffer_ring.hpp"
 #include "detail/errno.hpp"
 #include "detail/socket_base.hpp"
 #include "detail/transfer_ops.hpp"
@@ -94,6 +95,13 @@ public:
     [[nodiscard]] auto read_some(B&& buf, op_limits lim = {}) {
         auto s = as_writable_bytes(buf);
         return op(s.data(), s.size(), detail::transfer_op::kind::recv_some, lim);
+    }
+    /// Receives at least one byte into a buffer the kernel picks from `ring` when data
+    /// arrives: while it waits, this read holds no buffer. co_await yields
+    /// io_result<lent_buffer>; an empty one means the peer shut down its sending side.
+    /// Keep the lent_buffer only as long as needed: it returns to the ring when dropped.
+    [[nodiscard]] auto read_some(buffer_ring& ring, op_limits lim = {}) {
+        return detail::lent_receive_op(bound_context(), fd_.get(), &state_, ring, false, "read_some", lim);
     }
     /// Fills the whole buffer. Early end of stream is errc::end_of_stream; the bytes that
     /// did arrive are in partial_value().

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "../buffer.hpp"
+#include "../buffer_ring.hpp"
 #include "../fd_passing.hpp"
 #include "../op_limits.hpp"
 #include "message_ops.hpp"
@@ -50,6 +51,15 @@ public:
     template <writable_bytes B>
     [[nodiscard]] auto receive(B&& buf, std::size_t max_fds, op_limits lim = {}) {
         return recv(as_writable_bytes(buf), max_fds, false, "receive", lim);
+    }
+
+    /// Receives one message into a buffer the kernel picks from `ring` when it arrives:
+    /// while it waits, this receive holds no buffer. co_await yields
+    /// io_result<lent_buffer> (bytes only: attached descriptors are released by the
+    /// kernel). Errors: errc::message_truncated (longer than the ring's buffers; the
+    /// part that fit is in partial_value(), the rest is gone).
+    [[nodiscard]] auto receive(buffer_ring& ring, op_limits lim = {}) {
+        return lent_receive_op(bound_context(), fd_.get(), &state_, ring, true, "receive", lim);
     }
 
     /// Receives one message's bytes and nothing else: co_await yields

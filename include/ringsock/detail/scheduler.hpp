@@ -151,6 +151,9 @@ public:
     void watch_deadline(operation* op) noexcept { deadlines_.watch(op); }
     void unwatch_deadline(operation* op) noexcept { deadlines_.unwatch(op); }
     void make_ready(resumable* r) noexcept { ready_.push(r); }
+    /// An SQE for a request that is not an operation (its user_data must be 0 and its
+    /// success skipped), or nullptr if the SQ stays full after a flush.
+    io_uring_sqe* raw_sqe() noexcept { return ring_.get_sqe_flushing(); }
     /// Hands every prepared SQE to the kernel now (before a descriptor they name closes).
     void flush() noexcept { ring_.flush(); }
     /// True when no other coroutine is queued to run before the next enter, so an

@@ -1,0 +1,209 @@
+// Buffers lent by the kernel: a buffer_ring is a pool of equal buffers registered with
+// the io_uring as a provided buffer ring. A receive that names it (read_some(ring),
+// receive(ring)) holds no buffer while it waits: the kernel picks one when data
+// arrives, and the caller gets it as a lent_buffer, which goes back to the ring when
+// dropped. So a thousand idle connections cost no receive memory at all, only the
+// buffers of the messages being handled right now.
+#pragma once
+
+#include <liburing.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <system_error>
+#include <utility>
+
+#include "detail/errno.hpp"
+#include "detail/fatal.hpp"
+#include "detail/operation.hpp"
+#include "io_context.hpp"
+#include "io_result.hpp"
+
+namespace ringsock {
+
+class buffer_ring;
+
+namespace detail {
+class lent_receive_op;
+}
+
+/// One buffer of a buffer_ring, lent to the caller. Move-only; returns to its ring
+/// when destroyed or reset(). Use and drop it on the ring's loop thread, before the
+/// buffer_ring goes.
+class lent_buffer {
+public:
+    lent_buffer() noexcept = default;
+    lent_buffer(lent_buffer&& o) noexcept
+        : ring_(std::exchange(o.ring_, nullptr)), data_(o.data_), size_(o.size_), id_(o.id_) {}
+    lent_buffer& operator=(lent_buffer&& o) noexcept {
+        if (this != &o) {
+            reset();
+            ring_ = std::exchange(o.ring_, nullptr);
+            data_ = o.data_;
+            size_ = o.size_;
+            id_ = o.id_;
+        }
+        return *this;
+    }
+    lent_buffer(const lent_buffer&) = delete;
+    lent_buffer& operator=(const lent_buffer&) = delete;
+    ~lent_buffer() { reset(); }
+
+    /// The bytes received (size() of them; the buffer itself may be larger).
+    std::byte* data() const noexcept { return data_; }
+    std::size_t size() const noexcept { return size_; }
+    bool empty() const noexcept { return size_ == 0; }
+    std::span<const std::byte> bytes() const noexcept { return {data_, size_}; }
+    std::string_view chars() const noexcept { return {reinterpret_cast<const char*>(data_), size_}; }
+    /// Drops the first `n` bytes (a parser consumed them); the buffer stays lent.
+    void consume(std::size_t n) noexcept {
+        if (n > size_) n = size_;
+        data_ += n;
+        size_ -= n;
+    }
+    /// Gives the buffer back to its ring now.
+    inline void reset() noexcept;
+
+private:
+    friend class buffer_ring;
+    lent_buffer(buffer_ring* r, std::byte* d, std::size_t n, std::uint16_t id) noexcept
+        : ring_(r), data_(d), size_(n), id_(id) {}
+    buffer_ring* ring_ = nullptr;
+    std::byte* data_ = nullptr;
+    std::size_t size_ = 0;
+    std::uint16_t id_ = 0;
+};
+
+/// A pool of `count` buffers of `size` bytes each, registered with `ctx`'s ring
+/// (IORING_REGISTER_PBUF_RING, Linux 5.19). Create, use and destroy it on the loop's
+/// thread. It must outlive every receive that names it and every lent_buffer it lent:
+/// destroying it earlier aborts with a message (the kernel or the caller would write
+/// into freed memory).
+///
+/// Exhaustion: when every buffer is lent out, a receive that finds data gets ENOBUFS
+/// from the kernel without consuming anything; it then waits (under its own time limit
+/// and stop token) until a buffer comes back, and tries again. No data is lost.
+class buffer_ring {
+public:
+    /// `count` is rounded up to a power of two (at most 32768). Throws std::system_error
+    /// naming the step: the mapping, or the registration (EINVAL on kernels without
+    /// provided buffer rings).
+    buffer_ring(io_context& ctx, unsigned count, std::size_t size) : ctx_(&ctx), size_(size) {
+        if (count == 0 || count > 32768 || size == 0 || size > (std::size_t{1} << 31))
+            throw std::system_error(std::make_error_code(std::errc::invalid_argument),
+                                    "buffer_ring: count must be 1..32768 and size 1..2 GiB");
+        count_ = 1;
+        while (count_ < count) count_ <<= 1;
+        ring_bytes_ = count_ * sizeof(io_uring_buf);
+        void* r = ::mmap(nullptr, ring_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (r == MAP_FAILED) detail::throw_errno(errno, "buffer_ring: mmap (ring)");
+        br_ = static_cast<io_uring_buf_ring*>(r);
+        pool_bytes_ = count_ * size_;
+        void* p = ::mmap(nullptr, pool_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) {
+            const int e = errno;
+            ::munmap(br_, ring_bytes_);
+            detail::throw_errno(e, "buffer_ring: mmap (buffers)");
+        }
+        pool_ = static_cast<std::byte*>(p);
+        group_ = next_group();
+        io_uring_buf_reg reg{};
+        reg.ring_addr = reinterpret_cast<std::uint64_t>(br_);
+        reg.ring_entries = count_;
+        reg.bgid = group_;
+        io_uring_buf_ring_init(br_);
+        if (int rc = io_uring_register_buf_ring(ctx.native_handle(), &reg, 0); rc < 0) {
+            ::munmap(pool_, pool_bytes_);
+            ::munmap(br_, ring_bytes_);
+            detail::throw_errno(-rc, "buffer_ring: io_uring_register_buf_ring");
+        }
+        for (unsigned i = 0; i < count_; ++i)
+            io_uring_buf_ring_add(br_, pool_ + std::size_t{i} * size_, static_cast<unsigned>(size_),
+                                  static_cast<unsigned short>(i), io_uring_buf_ring_mask(count_), static_cast<int>(i));
+        io_uring_buf_ring_advance(br_, static_cast<int>(count_));
+    }
+    buffer_ring(const buffer_ring&) = delete;
+    buffer_ring& operator=(const buffer_ring&) = delete;
+    ~buffer_ring() {
+        if (lent_ != 0 || users_ != 0)
+            detail::fatal("buffer_ring destroyed while buffers are lent or receives still name it");
+        (void)io_uring_unregister_buf_ring(ctx_->native_handle(), group_);
+        ::munmap(pool_, pool_bytes_);
+        ::munmap(br_, ring_bytes_);
+    }
+
+    unsigned count() const noexcept { return count_; }
+    std::size_t buffer_size() const noexcept { return size_; }
+    /// Buffers handed to callers as lent_buffers right now.
+    unsigned lent() const noexcept { return lent_; }
+    /// Buffers the kernel can still pick (IORING_REGISTER_PBUF_STATUS, Linux 6.8;
+    /// errors: EINVAL on older kernels). For tests and monitoring: a syscall each.
+    io_result<unsigned> available() const noexcept {
+        struct {
+            std::uint32_t buf_group;
+            std::uint32_t head;
+            std::uint32_t resv[8];
+        } status{group_, 0, {}};
+        constexpr unsigned register_pbuf_status = 26;
+        const long rc = ::syscall(__NR_io_uring_register, ctx_->native_handle()->ring_fd, register_pbuf_status, &status, 1);
+        if (rc < 0) return {std::error_code(errno, std::generic_category()), "buffer_ring: IORING_REGISTER_PBUF_STATUS"};
+        const auto tail = io_uring_smp_load_acquire(&br_->tail);
+        return static_cast<unsigned>(static_cast<std::uint16_t>(tail - static_cast<std::uint16_t>(status.head)));
+    }
+    std::uint16_t group() const noexcept { return group_; }
+    io_context& context() const noexcept { return *ctx_; }
+
+private:
+    friend class lent_buffer;
+    friend class detail::lent_receive_op;
+
+    static std::uint16_t next_group() noexcept {
+        static std::atomic<std::uint16_t> next{0};
+        return next.fetch_add(1, std::memory_order_relaxed);
+    }
+
+    /// The kernel picked buffer `id` for `n` bytes: it is the caller's now.
+    lent_buffer lend(std::uint16_t id, std::size_t n) noexcept {
+        ++lent_;
+        return lent_buffer(this, pool_ + std::size_t{id} * size_, n, id);
+    }
+    /// A completion named a buffer nobody will use (end of stream, a cancelled
+    /// coroutine): straight back.
+    void give_back(std::uint16_t id) noexcept {
+        ++lent_;
+        put_back(id);
+    }
+    inline void put_back(std::uint16_t id) noexcept;
+
+    // Receives that found the ring empty wait here for a buffer to come back.
+    inline void starve(detail::lent_receive_op* op) noexcept;
+    inline void unstarve(detail::lent_receive_op* op) noexcept;
+
+    io_context* ctx_;
+    io_uring_buf_ring* br_ = nullptr;
+    std::byte* pool_ = nullptr;
+    std::size_t size_;
+    std::size_t ring_bytes_ = 0;
+    std::size_t pool_bytes_ = 0;
+    unsigned count_ = 0;
+    unsigned lent_ = 0;
+    unsigned users_ = 0;
+    std::uint16_t group_ = 0;
+    detail::lent_receive_op* starved_head_ = nullptr;
+    detail::lent_receive_op* starved_tail_ = nullptr;
+};
+
+inline void lent_buffer::reset() noexcept {
+    if (buffer_ring* r = std::exchange(ring_, nullptr)) r->put_back(id_);
+}
+
+}  // namespace ringsock
+
+#include "detail/lent_receive_op.hpp"

@@ -1,0 +1,156 @@
+// The receive that takes its buffer from a buffer_ring (IOSQE_BUFFER_SELECT): armed, it
+// holds no memory of ours; its completion names the buffer the kernel filled. When the
+// ring is empty the kernel answers ENOBUFS and consumes nothing; the operation then
+// waits with a plain TIMEOUT request (so cancels, time limits and settle() reach it like
+// any request in flight) that a returning buffer cuts short with TIMEOUT_REMOVE.
+#pragma once
+
+#include <liburing.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstdint>
+
+#include "../buffer_ring.hpp"
+#include "../error.hpp"
+#include "../io_result.hpp"
+#include "operation.hpp"
+#include "scheduler.hpp"
+#include "socket_state.hpp"
+
+namespace ringsock::detail {
+
+class lent_receive_op final : public operation {
+public:
+    lent_receive_op(io_context& ctx, int fd, socket_state* st, buffer_ring& ring, bool message, const char* what,
+                    const op_limits& lim) noexcept
+        : operation(ctx, lim), fd_(fd), ring_(&ring), message_(message), what_(what) {
+        attach(st, &st->recv_gate);
+        submit_late_ = true;
+        ++ring.users_;
+    }
+    lent_receive_op(const lent_receive_op&) = delete;
+    lent_receive_op& operator=(const lent_receive_op&) = delete;
+    ~lent_receive_op() {
+        settle();  // the kernel may still pick a buffer, or hold the wait's timespec
+        ring_->unstarve(this);
+        // Completed with a buffer that never reached the caller (coroutine destroyed
+        // before it resumed): the buffer goes back, or the ring would shrink for good.
+        if (!taken_ && !waiting_ && (cqe_flags_ & IORING_CQE_F_BUFFER)) ring_->give_back(buffer_id());
+        --ring_->users_;
+    }
+
+    void prepare(io_uring_sqe* sqe) noexcept override {
+        if (waiting_) {
+            io_uring_prep_timeout(sqe, &wait_, 0, 0);
+            return;
+        }
+        // On message sockets MSG_TRUNC makes the result the message's full length.
+        io_uring_prep_recv(sqe, fd_, nullptr, static_cast<unsigned>(ring_->buffer_size()), message_ ? MSG_TRUNC : 0);
+        sqe->flags |= IOSQE_BUFFER_SELECT;
+        sqe->buf_group = ring_->group();
+    }
+
+    bool on_complete() noexcept override {
+        if (waiting_) {
+            waiting_ = false;
+            ring_->unstarve(this);
+            if (interrupted() || socket_gone()) {
+                res_ = -ECANCELED;
+                return true;
+            }
+            cqe_flags_ = 0;
+            ctx_->submit(this);  // a buffer may be back: receive again
+            return false;
+        }
+        if (res_ == -ENOBUFS && !interrupted() && !socket_gone()) {
+            waiting_ = true;
+            ring_->starve(this);
+            ctx_->submit(this);
+            return false;
+        }
+        return true;
+    }
+
+    io_result<lent_buffer> await_resume() noexcept {
+        finish_wait();
+        if (cqe_flags_ & IORING_CQE_F_BUFFER) {
+            taken_ = true;
+            if (res_ <= 0) {
+                ring_->give_back(buffer_id());
+                return lent_buffer{};
+            }
+            const auto full = static_cast<std::size_t>(res_);
+            if (message_ && full > ring_->buffer_size()) {
+                // The part that fit is the caller's; the rest of the message is gone.
+                return {ring_->lend(buffer_id(), ring_->buffer_size()), make_error_code(errc::message_truncated), what_};
+            }
+            return ring_->lend(buffer_id(), full);
+        }
+        if (res_ < 0) return {result_error(), what_};
+        return lent_buffer{};  // end of stream, or an empty message
+    }
+
+    /// Called by the ring when a buffer came back: end this operation's wait now.
+    void wake() noexcept {
+        if (io_uring_sqe* sqe = ctx_->raw_sqe()) {
+            io_uring_prep_timeout_remove(sqe, reinterpret_cast<std::uint64_t>(static_cast<operation*>(this)), 0);
+            sqe->user_data = 0;
+            sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+        }
+        // No SQE: the wait's own timer ends it soon enough.
+    }
+
+    lent_receive_op* starved_next_ = nullptr;
+    lent_receive_op* starved_prev_ = nullptr;
+    bool starved_ = false;
+
+private:
+    std::uint16_t buffer_id() const noexcept { return static_cast<std::uint16_t>(cqe_flags_ >> IORING_CQE_BUFFER_SHIFT); }
+
+    int fd_;
+    buffer_ring* ring_;
+    bool message_;
+    bool waiting_ = false;  // the request in flight is the wait for a buffer, not the receive
+    bool taken_ = false;
+    const char* what_;
+    // How long one wait lasts if no returning buffer cuts it short (then it tries again).
+    __kernel_timespec wait_{0, 20'000'000};
+};
+
+}  // namespace ringsock::detail
+
+namespace ringsock {
+
+inline void buffer_ring::put_back(std::uint16_t id) noexcept {
+    --lent_;
+    io_uring_buf_ring_add(br_, pool_ + std::size_t{id} * size_, static_cast<unsigned>(size_), id,
+                          io_uring_buf_ring_mask(count_), 0);
+    io_uring_buf_ring_advance(br_, 1);
+    if (detail::lent_receive_op* op = starved_head_) {
+        unstarve(op);
+        op->wake();
+    }
+}
+
+inline void buffer_ring::starve(detail::lent_receive_op* op) noexcept {
+    if (op->starved_) return;
+    op->starved_ = true;
+    op->starved_next_ = nullptr;
+    op->starved_prev_ = starved_tail_;
+    if (starved_tail_) starved_tail_->starved_next_ = op;
+    else starved_head_ = op;
+    starved_tail_ = op;
+}
+
+inline void buffer_ring::unstarve(detail::lent_receive_op* op) noexcept {
+    if (!op->starved_) return;
+    op->starved_ = false;
+    if (op->starved_prev_) op->starved_prev_->starved_next_ = op->starved_next_;
+    else starved_head_ = op->starved_next_;
+    if (op->starved_next_) op->starved_next_->starved_prev_ = op->starved_prev_;
+    else starved_tail_ = op->starved_prev_;
+    op->starved_next_ = op->starved_prev_ = nullptr;
+}
+
+}  // namespace ringsock
