@@ -173,7 +173,9 @@ public:
     /// or timed_out if the time limit fired.
     std::error_code result_error() const noexcept {
         if (res_ >= 0) return {};
-        if (res_ == -ECANCELED || res_ == -EINTR || res_ == -ETIME) {
+        // -512..-516 are the kernel's internal restart codes (ERESTARTSYS...): a request
+        // interrupted on an io-wq thread (a cancelled blocking open) can leak them.
+        if (res_ == -ECANCELED || res_ == -EINTR || res_ == -ETIME || (res_ <= -512 && res_ >= -516)) {
             return std::make_error_code(timed_out_ ? std::errc::timed_out
                                                    : std::errc::operation_canceled);
         }
