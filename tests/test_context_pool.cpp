@@ -86,7 +86,13 @@ TEST_CASE("pool: posts from one thread run in order and exactly once", "[pool]")
 
 TEST_CASE("pool: a storm of posts between rings and from plain threads loses nothing", "[pool]") {
     fd_leak_guard guard;
-    context_pool pool(2);
+    // Both wake paths: MSG_RING (from the rings and ringless from plain threads), and the
+    // eventfd that kernels without MSG_RING use.
+    const bool use_msg_ring = GENERATE(true, false);
+    io_context::options opts;
+    opts.msg_ring = use_msg_ring;
+    context_pool pool(2, opts);
+    CHECK(pool[0].features().msg_ring == use_msg_ring);
     constexpr int per_sender = 20000;
     std::atomic<long> ran{0};
     // Each ring posts to the other (MSG_RING through its own ring), while two plain

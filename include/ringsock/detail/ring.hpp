@@ -38,7 +38,7 @@ namespace ringsock::detail {
 class ring {
 public:
     /// Throws std::system_error naming the step if the ring cannot be set up.
-    ring(unsigned entries, bool defer_taskrun) {
+    ring(unsigned entries, bool defer_taskrun, bool use_msg_ring = true) {
         // An operation with a time limit needs two SQEs at once (the request and its
         // link timeout): a one-entry SQ could never submit it.
         if (entries < 2) entries = 2;
@@ -68,7 +68,7 @@ public:
         features_.sq_entries = p.sq_entries;
         features_.cq_entries = p.cq_entries;
         features_.registered_ring_fd = io_uring_register_ring_fd(&ring_) == 1;
-        if (io_uring_probe* probe = io_uring_get_probe_ring(&ring_)) {
+        if (io_uring_probe* probe = use_msg_ring ? io_uring_get_probe_ring(&ring_) : nullptr) {
             features_.msg_ring = io_uring_opcode_supported(probe, IORING_OP_MSG_RING) != 0;
             io_uring_free_probe(probe);
         }

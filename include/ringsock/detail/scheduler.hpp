@@ -42,6 +42,9 @@ struct context_options {
     /// (register, unregister); when the table is full, sockets use plain descriptors.
     unsigned registered_files = 1024;
     unsigned register_after = 16;
+    /// Let other threads wake this loop with IORING_OP_MSG_RING when the kernel has it;
+    /// false: always through the loop's eventfd (the fallback for older kernels).
+    bool msg_ring = true;
 };
 
 /// The frame of a spawned task: owned by the scheduler until it finishes.
@@ -80,7 +83,7 @@ class scheduler {
 
 public:
     scheduler(io_context& owner, const context_options& opts)
-        : owner_(owner), ring_(opts.entries, opts.defer_taskrun), sub_(ring_, files_, deadlines_, ready_) {
+        : owner_(owner), ring_(opts.entries, opts.defer_taskrun, opts.msg_ring), sub_(ring_, files_, deadlines_, ready_) {
         ring_.set_registered_files(files_.open(ring_.native(), opts.registered_files, opts.register_after));
         wake_op_.emplace(*this);
         sub_.submit(&*wake_op_);
