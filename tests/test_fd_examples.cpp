@@ -254,6 +254,39 @@ print("pipe-eof", bool(ready) and os.read(r, 1) == b"")
     CHECK(eventually([&] { return slurp(server.err).find("closed 3 descriptor(s)") != std::string::npos; }));
 }
 
+TEST_CASE("fd_examples: a FIFO's open blocks on the ring's worker, not the loop: other clients are served meanwhile",
+          "[fd_examples]") {
+    const std::string py = python();
+    if (py.empty()) {
+        WARN("python3 not found");
+        return;
+    }
+    sandbox sb;
+    REQUIRE(::mkfifo(sb.at("files/fifo").c_str(), 0600) == 0);
+    fd_server_proc server(sb);
+    const char* script = R"(
+import select, socket, sys
+a = socket.socket(socket.AF_UNIX); a.connect(sys.argv[1])
+a.sendall(b"fifo\n")          # open() of a FIFO with no writer blocks in the kernel
+served = 0
+for i in range(5):
+    b = socket.socket(socket.AF_UNIX); b.connect(sys.argv[1])
+    b.sendall(b"motd\n")
+    m, fds, _, _ = socket.recv_fds(b, 256, 1)
+    served += m == b"OK\n" and len(fds) == 1
+    b.close()
+waiting, _, _ = select.select([a], [], [], 0)
+print("served", served, "fifo-still-waiting", not waiting)
+a.settimeout(10)
+print("fifo-reply", a.recv(256))
+)";
+    auto r = run(sb, {py, "-c", script, server.sock});
+    INFO(r.out << r.err);
+    CHECK(r.code == 0);
+    CHECK(r.out.find("served 5 fifo-still-waiting True") != std::string::npos);
+    CHECK(r.out.find("fifo-reply b'ERR ") != std::string::npos);
+}
+
 TEST_CASE("fd_examples: a request line of megabytes without a newline gets ERR and a disconnect", "[fd_examples]") {
     const std::string py = python();
     if (py.empty()) {
