@@ -159,7 +159,7 @@ TEST_CASE("buffered_stream: read_line strips \\n and \\r\\n, keeps pipelined lin
           "[buffered_stream]") {
     fd_leak_guard guard;
     io_context ctx;
-    auto [a, b] = make_pair<stream_socket>(ctx);
+    auto pair_ab = make_pair<stream_socket>(ctx); auto& a = pair_ab.first; auto& b = pair_ab.second;  // clang 14: lambdas cannot capture structured bindings
     buffered_stream in(b);
     ctx.sync_wait([&]() -> task<void> {
         auto w = co_await a.write_all(std::string_view("one\ntwo\r\nthr\ree\n\nlast"));
@@ -268,7 +268,7 @@ TEST_CASE("buffered_stream: a line over its limit is frame_too_long, consumes no
           "[buffered_stream]") {
     fd_leak_guard guard;
     io_context ctx;
-    auto [a, b] = make_pair<stream_socket>(ctx);
+    auto pair_ab = make_pair<stream_socket>(ctx); auto& a = pair_ab.first; auto& b = pair_ab.second;  // clang 14: lambdas cannot capture structured bindings
     buffered_stream in(b);
     ctx.sync_wait([&]() -> task<void> {
         auto w = co_await a.write_all(std::string_view("abcd\nabcd\r\nabcde\nok\n"));
@@ -299,7 +299,7 @@ TEST_CASE("buffered_stream: a peer that never ends its line gets frame_too_long 
           "[buffered_stream]") {
     fd_leak_guard guard;
     io_context ctx;
-    auto [a, b] = make_pair<stream_socket>(ctx);
+    auto pair_ab = make_pair<stream_socket>(ctx); auto& a = pair_ab.first; auto& b = pair_ab.second;  // clang 14: lambdas cannot capture structured bindings
     buffered_stream in(b, 4, 1 << 20);
     ctx.sync_wait([&]() -> task<void> {
         const std::string big(1000, 'x');
@@ -332,7 +332,7 @@ TEST_CASE("buffered_stream: the buffer never grows past max_capacity; a line tha
           "[buffered_stream]") {
     fd_leak_guard guard;
     io_context ctx;
-    auto [a, b] = make_pair<stream_socket>(ctx);
+    auto pair_ab = make_pair<stream_socket>(ctx); auto& a = pair_ab.first; auto& b = pair_ab.second;  // clang 14: lambdas cannot capture structured bindings
     buffered_stream in(b, 8, 32);
     ctx.sync_wait([&]() -> task<void> {
         const std::string line31(31, 'y');
@@ -355,7 +355,7 @@ TEST_CASE("buffered_stream: end of stream mid-frame is end_of_stream with the pa
           "[buffered_stream]") {
     fd_leak_guard guard;
     io_context ctx;
-    auto [a, b] = make_pair<stream_socket>(ctx);
+    auto pair_ab = make_pair<stream_socket>(ctx); auto& a = pair_ab.first; auto& b = pair_ab.second;  // clang 14: lambdas cannot capture structured bindings
     buffered_stream in(b);
     ctx.sync_wait([&]() -> task<void> {
         std::array<std::byte, 3> hdr{std::byte{0}, std::byte{0}, std::byte{0}};
@@ -385,7 +385,7 @@ TEST_CASE("buffered_stream: a time limit mid-frame keeps the bytes, and the next
           "[buffered_stream]") {
     fd_leak_guard guard;
     io_context ctx;
-    auto [a, b] = make_pair<stream_socket>(ctx);
+    auto pair_ab = make_pair<stream_socket>(ctx); auto& a = pair_ab.first; auto& b = pair_ab.second;  // clang 14: lambdas cannot capture structured bindings
     buffered_stream in(b);
     ctx.sync_wait([&]() -> task<void> {
         auto w = co_await a.write_all(std::string_view("hel"));
@@ -428,7 +428,7 @@ TEST_CASE("buffered_stream: a stop request mid-frame cancels the read, keeps the
           "[buffered_stream]") {
     fd_leak_guard guard;
     io_context ctx;
-    auto [a, b] = make_pair<stream_socket>(ctx);
+    auto pair_ab = make_pair<stream_socket>(ctx); auto& a = pair_ab.first; auto& b = pair_ab.second;  // clang 14: lambdas cannot capture structured bindings
     buffered_stream in(b);
     ctx.sync_wait([&]() -> task<void> {
         auto w = co_await a.write_all(std::string_view("GET / HTTP/1.1\r\nHo"));
@@ -458,7 +458,7 @@ TEST_CASE("buffered_stream: length-prefixed frames round-trip at 0, 1, max and r
           "[buffered_stream]") {
     fd_leak_guard guard;
     io_context ctx;
-    auto [a, b] = make_pair<stream_socket>(ctx);
+    auto pair_ab = make_pair<stream_socket>(ctx); auto& a = pair_ab.first; auto& b = pair_ab.second;  // clang 14: lambdas cannot capture structured bindings
     buffered_stream in(b, 16, 1 << 17);
     ctx.sync_wait([&]() -> task<void> {
         // u16: 65535 is the most the length field can say.
@@ -547,7 +547,7 @@ TEST_CASE("buffered_stream: a length-prefixed frame written byte by byte and cut
 TEST_CASE("buffered_stream: read_some and read_exact take buffered bytes first, then read through", "[buffered_stream]") {
     fd_leak_guard guard;
     io_context ctx;
-    auto [a, b] = make_pair<stream_socket>(ctx);
+    auto pair_ab = make_pair<stream_socket>(ctx); auto& a = pair_ab.first; auto& b = pair_ab.second;  // clang 14: lambdas cannot capture structured bindings
     buffered_stream in(b, 16, 16);
     ctx.sync_wait([&]() -> task<void> {
         auto w = co_await a.write_all(std::string_view("head\nABCDEFGH"));
@@ -601,7 +601,7 @@ TEST_CASE("buffered_stream: a second read while one is running fails with concur
           "[buffered_stream]") {
     fd_leak_guard guard;
     io_context ctx;
-    auto [a, b] = make_pair<stream_socket>(ctx);
+    auto pair_ab = make_pair<stream_socket>(ctx); auto& a = pair_ab.first; auto& b = pair_ab.second;  // clang 14: lambdas cannot capture structured bindings
     buffered_stream in(b);
     ctx.sync_wait([&]() -> task<void> {
         auto first_second = co_await ringsock::when_all(as_task(in.read_line(100)), [&]() -> task<io_result<std::string_view>> {
@@ -621,7 +621,7 @@ TEST_CASE("buffered_stream: a second read while one is running fails with concur
 TEST_CASE("buffered_stream: in steady state a read allocates nothing, buffered or from the socket", "[buffered_stream]") {
     fd_leak_guard guard;
     io_context ctx;
-    auto [a, b] = make_pair<stream_socket>(ctx);
+    auto pair_ab = make_pair<stream_socket>(ctx); auto& a = pair_ab.first; auto& b = pair_ab.second;  // clang 14: lambdas cannot capture structured bindings
     buffered_stream in(b);
     ctx.sync_wait([&]() -> task<void> {
         std::string lines;
@@ -664,7 +664,7 @@ TEST_CASE("buffered_stream: on an fd_stream each frame's descriptors come with t
           "[buffered_stream]") {
     fd_leak_guard guard;
     io_context ctx;
-    auto [a, b] = make_pair<fd_stream>(ctx);
+    auto pair_ab = make_pair<fd_stream>(ctx); auto& a = pair_ab.first; auto& b = pair_ab.second;  // clang 14: lambdas cannot capture structured bindings
     pipe_pair p1, p2, p3;
     buffered_stream in(b);
     ctx.sync_wait([&]() -> task<void> {
@@ -716,7 +716,7 @@ TEST_CASE("buffered_stream: framed writes with descriptors arrive with their fra
     io_context ctx;
     pipe_pair p1, p2;
     for (int split = 0; split < 3; ++split) {
-        auto [a, b] = make_pair<fd_stream>(ctx);
+        auto pair_ab = make_pair<fd_stream>(ctx); auto& a = pair_ab.first; auto& b = pair_ab.second;  // clang 14: lambdas cannot capture structured bindings
         buffered_stream in(b, split == 0 ? 1 : 4, 64);
         ctx.sync_wait(ringsock::when_all(
             [&]() -> task<void> {
@@ -757,7 +757,7 @@ TEST_CASE("buffered_stream: descriptors of a frame that errors stay buffered, an
           "[buffered_stream]") {
     fd_leak_guard guard;
     io_context ctx;
-    auto [a, b] = make_pair<fd_stream>(ctx);
+    auto pair_ab = make_pair<fd_stream>(ctx); auto& a = pair_ab.first; auto& b = pair_ab.second;  // clang 14: lambdas cannot capture structured bindings
     pipe_pair p1, p2;
     {
         buffered_stream in(b);
@@ -794,7 +794,7 @@ TEST_CASE("buffered_stream: descriptors over the stream's fd_limit are closed an
           "[buffered_stream]") {
     fd_leak_guard guard;
     io_context ctx;
-    auto [a, b] = make_pair<fd_stream>(ctx);
+    auto pair_ab = make_pair<fd_stream>(ctx); auto& a = pair_ab.first; auto& b = pair_ab.second;  // clang 14: lambdas cannot capture structured bindings
     pipe_pair p1, p2;
     b.set_fd_limit(1);
     buffered_stream in(b);
@@ -821,7 +821,7 @@ TEST_CASE("buffered_stream: destroying a read mid-frame settles it, frees the bu
           "[buffered_stream]") {
     fd_leak_guard guard;
     io_context ctx;
-    auto [a, b] = make_pair<stream_socket>(ctx);
+    auto pair_ab = make_pair<stream_socket>(ctx); auto& a = pair_ab.first; auto& b = pair_ab.second;  // clang 14: lambdas cannot capture structured bindings
     buffered_stream in(b);
     ctx.sync_wait([&]() -> task<void> {
         auto w = co_await a.write_all(std::string_view("par"));

@@ -73,7 +73,7 @@ TEST_CASE("core defects: the kernel never reads an iovec array or a connect's st
           "[core_defects]") {
     fd_leak_guard guard;
     io_context ctx;
-    auto [a, b] = make_pair(ctx);
+    auto pair_ab = make_pair(ctx); auto& a = pair_ab.first; auto& b = pair_ab.second;  // clang 14: lambdas cannot capture structured bindings
     const std::string real = letters(9 * 8);
 
     SECTION("a scope destroyed in the turn its child prepared a 9-iovec write_all") {
@@ -150,7 +150,7 @@ TEST_CASE("core defects: a time limit runs while the operation waits its turn be
     outcome first, second;
 
     SECTION("write_all(200ms) behind a write_all that blocks forever ends with timed_out") {
-        auto [a, b] = make_pair(ctx);
+        auto pair_ab = make_pair(ctx); auto& a = pair_ab.first;  // clang 14: lambdas cannot capture structured bindings
         ringsock::test::fill_send_path(a.native_handle());
         std::vector<char> big(4 << 20, 'q');
         const std::string small = "small";
@@ -179,7 +179,7 @@ TEST_CASE("core defects: a time limit runs while the operation waits its turn be
     }
 
     SECTION("a stop request ends a gated write with operation_canceled") {
-        auto [a, b] = make_pair(ctx);
+        auto pair_ab = make_pair(ctx); auto& a = pair_ab.first;  // clang 14: lambdas cannot capture structured bindings
         ringsock::test::fill_send_path(a.native_handle());
         std::vector<char> big(1 << 20, 'q');
         std::stop_source stop_second;
@@ -209,7 +209,7 @@ TEST_CASE("core defects: a time limit runs while the operation waits its turn be
     SECTION("a datagram send(200ms) behind a send blocked on a full receiver ends with timed_out") {
         auto p = ringsock::datagram_socket::pair(ctx);
         REQUIRE(p);
-        auto& [a, b] = *p;
+        auto& a = p->first;  // clang 14: lambdas cannot capture structured bindings
         // Fill the receiver's queue with raw datagrams until the kernel says EAGAIN.
         const std::string msg = "datagram";
         for (int i = 0; i < 100000; ++i) {
@@ -288,7 +288,7 @@ TEST_CASE("core defects: closing or destroying a socket cancels its operations e
         o.entries = 8;
         io_context ctx(o);
         const unsigned sq = ctx.features().sq_entries;
-        auto [a, b] = make_pair(ctx);
+        auto pair_ab = make_pair(ctx); auto& a = pair_ab.first; auto& b = pair_ab.second;  // clang 14: lambdas cannot capture structured bindings
         std::vector<std::pair<stream_socket, stream_socket>> others;
         for (unsigned i = 0; i < sq; ++i) others.push_back(make_pair(ctx));
         outcome rd;
@@ -420,7 +420,7 @@ TEST_CASE("core defects: huge time limits mean no limit, and zero or negative on
           "[core_defects]") {
     fd_leak_guard guard;
     io_context ctx;
-    auto [a, b] = make_pair(ctx);
+    auto pair_ab = make_pair(ctx); auto& a = pair_ab.first; auto& b = pair_ab.second;  // clang 14: lambdas cannot capture structured bindings
 
     auto read_with = [&](ringsock::op_limits lim, const char* what) {
         INFO(what);
@@ -507,7 +507,7 @@ TEST_CASE("core defects: a ring that fails under the loop aborts loudly naming t
             io_context ctx;
             auto p = stream_socket::pair(ctx);
             if (!p) ::_exit(11);
-            auto& [a, b] = *p;
+            auto& a = p->first; auto& b = p->second;  // clang 14: lambdas cannot capture structured bindings
             std::array<char, 8> buf{};
             bool done = false;
             scope sc(ctx);

@@ -325,7 +325,7 @@ TEST_CASE("fd_passing: fd_stream plain reads keep arriving descriptors in the so
     io_context ctx;
     auto pr = ringsock::fd_stream::pair(ctx);
     REQUIRE(pr);
-    auto& [a, b] = *pr;
+    auto& a = pr->first; auto& b = pr->second;  // clang 14: lambdas cannot capture structured bindings
     auto fds = numbered_eventfds(3);
     auto run = [&]() -> task<void> {
         auto s1 = co_await a.send_fds(std::string_view("ab"), fds[0]);
@@ -379,7 +379,7 @@ TEST_CASE("fd_passing: fd_stream over its descriptor limit closes that read's de
     io_context ctx;
     auto pr = ringsock::fd_stream::pair(ctx);
     REQUIRE(pr);
-    auto& [a, b] = *pr;
+    auto& a = pr->first; auto& b = pr->second;  // clang 14: lambdas cannot capture structured bindings
     b.set_fd_limit(2);
     pipe_fds p1, p2, p3;
     auto run = [&]() -> task<void> {

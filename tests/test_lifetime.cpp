@@ -125,7 +125,7 @@ TEST_CASE("lifetime: destroying an io_context with a thousand operations in flig
         // half of them with linked timeouts (more CQEs than the in-flight cap).
         auto handler = [](io_context& ctx, bool timed) -> task<void> {
             counted c;
-            auto [x, y] = make_pair(ctx);
+            auto pair_xy = make_pair(ctx); auto& x = pair_xy.first; auto& y = pair_xy.second;  // clang 14: lambdas cannot capture structured bindings
             std::array<std::byte, 64> bx{}, by{};
             (void)co_await ringsock::when_all(
                 [&](std::stop_token st) -> task<void> {
@@ -176,7 +176,7 @@ TEST_CASE("lifetime: destroying a scope with a thousand reads in flight leaves e
     {
         scope sc(ctx);
         for (std::size_t i = 0; i < socks.size(); ++i) {
-            auto& [x, y] = socks[i];
+            auto& x = socks[i].first; auto& y = socks[i].second;  // clang 14: lambdas cannot capture structured bindings
             sc.spawn([&x, flag = &resumed[2 * i]](std::stop_token st) -> task<void> {
                 bool r = false;
                 co_await read_into_frame(x, st, r);
@@ -205,7 +205,7 @@ TEST_CASE("lifetime: destroying a scope with a thousand reads in flight leaves e
 
 TEST_CASE("lifetime: destroying a when_any mid-race settles every child", "[lifetime]") {
     io_context ctx;
-    auto [a, b] = make_pair(ctx);
+    auto pair_ab = make_pair(ctx); auto& a = pair_ab.first; auto& b = pair_ab.second;  // clang 14: lambdas cannot capture structured bindings
     for (int i = 0; i < 500; ++i) {
         bool r1 = false;
         auto race = ringsock::when_any([&](std::stop_token st) { return read_into_frame(a, st, r1); },

@@ -109,7 +109,7 @@ task<void> wait_for(io_context& ctx, const bool& flag) {
 
 TEST_CASE("stream_socket: write_some and read_some move bytes both ways", "[stream_socket]") {
     io_context ctx;
-    auto [a, b] = make_pair(ctx);
+    auto pair_ab = make_pair(ctx); auto& a = pair_ab.first; auto& b = pair_ab.second;  // clang 14: lambdas cannot capture structured bindings
     ctx.sync_wait([&]() -> task<void> {
         auto w = co_await a.write_some(bytes_of("hello"));
         REQUIRE(w);
@@ -131,7 +131,7 @@ TEST_CASE("stream_socket: write_some and read_some move bytes both ways", "[stre
 
 TEST_CASE("stream_socket: write_all and read_exact transfer 1 MiB intact", "[stream_socket]") {
     io_context ctx;
-    auto [a, b] = make_pair(ctx);
+    auto pair_ab = make_pair(ctx); auto& a = pair_ab.first; auto& b = pair_ab.second;  // clang 14: lambdas cannot capture structured bindings
     auto data = pattern(1 << 20, 7);
     std::vector<std::byte> got(data.size());
     ctx.sync_wait([&]() -> task<void> {
@@ -150,7 +150,7 @@ TEST_CASE("stream_socket: write_all and read_exact transfer 1 MiB intact", "[str
 
 TEST_CASE("stream_socket: vectored write_all and read_exact scatter and gather", "[stream_socket]") {
     io_context ctx;
-    auto [a, b] = make_pair(ctx);
+    auto pair_ab = make_pair(ctx); auto& a = pair_ab.first; auto& b = pair_ab.second;  // clang 14: lambdas cannot capture structured bindings
     auto data = pattern(300'000, 3);
     // Split the source unevenly, with an empty entry in the middle, and more than the
     // eight entries the operation keeps inline.
@@ -186,7 +186,7 @@ TEST_CASE("stream_socket: vectored write_all and read_exact scatter and gather",
 
 TEST_CASE("stream_socket: vectored write_some and read_some", "[stream_socket]") {
     io_context ctx;
-    auto [a, b] = make_pair(ctx);
+    auto pair_ab = make_pair(ctx); auto& a = pair_ab.first; auto& b = pair_ab.second;  // clang 14: lambdas cannot capture structured bindings
     ctx.sync_wait([&]() -> task<void> {
         std::string h = "head-", m = "", t = "tail";
         std::array<iovec, 3> out{{{h.data(), h.size()}, {m.data(), m.size()}, {t.data(), t.size()}}};
@@ -207,7 +207,7 @@ TEST_CASE("stream_socket: vectored write_some and read_some", "[stream_socket]")
 TEST_CASE("stream_socket: read_some returns 0 after peer shutdown while the other direction still works",
           "[stream_socket]") {
     io_context ctx;
-    auto [a, b] = make_pair(ctx);
+    auto pair_ab = make_pair(ctx); auto& a = pair_ab.first; auto& b = pair_ab.second;  // clang 14: lambdas cannot capture structured bindings
     ctx.sync_wait([&]() -> task<void> {
         auto sent1 = co_await a.write_all(bytes_of("last words"));
         REQUIRE(sent1);
@@ -237,7 +237,7 @@ TEST_CASE("stream_socket: read_some returns 0 after peer shutdown while the othe
 
 TEST_CASE("stream_socket: read_exact reports end_of_stream with the bytes that arrived", "[stream_socket]") {
     io_context ctx;
-    auto [a, b] = make_pair(ctx);
+    auto pair_ab = make_pair(ctx); auto& a = pair_ab.first; auto& b = pair_ab.second;  // clang 14: lambdas cannot capture structured bindings
     ctx.sync_wait([&]() -> task<void> {
         auto sent2 = co_await a.write_all(bytes_of("0123456789"));
         REQUIRE(sent2);
@@ -269,7 +269,7 @@ TEST_CASE("stream_socket: read_exact reports end_of_stream with the bytes that a
 TEST_CASE("stream_socket: a peer that closes mid-write gives EPIPE with the partial count, never SIGPIPE",
           "[stream_socket]") {
     io_context ctx;
-    auto [w, r] = make_pair(ctx);
+    auto pair_wr = make_pair(ctx); auto& w = pair_wr.first; auto& r = pair_wr.second;  // clang 14: lambdas cannot capture structured bindings
     set_sndbuf(w, 4096);
     auto data = pattern(4 << 20, 11);
     ctx.sync_wait([&]() -> task<void> {
@@ -305,7 +305,7 @@ TEST_CASE("stream_socket: a peer that closes mid-write gives EPIPE with the part
 
 TEST_CASE("stream_socket: writing to a closed peer gives EPIPE without SIGPIPE", "[stream_socket]") {
     io_context ctx;
-    auto [a, b] = make_pair(ctx);
+    auto pair_ab = make_pair(ctx); auto& a = pair_ab.first; auto& b = pair_ab.second;  // clang 14: lambdas cannot capture structured bindings
     b.close();
     ctx.sync_wait([&]() -> task<void> {
         auto w = co_await a.write_some(bytes_of("x"));
@@ -327,7 +327,7 @@ TEST_CASE("stream_socket: writing to a closed peer gives EPIPE without SIGPIPE",
 TEST_CASE("stream_socket: short writes into a small send buffer still deliver 4 MiB intact to a slow reader",
           "[stream_socket]") {
     io_context ctx;
-    auto [w, r] = make_pair(ctx);
+    auto pair_wr = make_pair(ctx); auto& w = pair_wr.first; auto& r = pair_wr.second;  // clang 14: lambdas cannot capture structured bindings
     set_sndbuf(w, 4096);
     auto data = pattern(4 << 20, 42);
     std::vector<std::byte> got;
@@ -354,7 +354,7 @@ TEST_CASE("stream_socket: short writes into a small send buffer still deliver 4 
 
 TEST_CASE("stream_socket: two concurrent write_all calls never interleave", "[stream_socket]") {
     io_context ctx;
-    auto [w, r] = make_pair(ctx);
+    auto pair_wr = make_pair(ctx); auto& w = pair_wr.first; auto& r = pair_wr.second;  // clang 14: lambdas cannot capture structured bindings
     set_sndbuf(w, 4096);
     constexpr std::size_t mib = 1 << 20;
     auto da = pattern(mib, 1);
@@ -386,7 +386,7 @@ TEST_CASE("stream_socket: two concurrent write_all calls never interleave", "[st
 
 TEST_CASE("stream_socket: zero-length buffers complete at once and are not end of stream", "[stream_socket]") {
     io_context ctx;
-    auto [a, b] = make_pair(ctx);
+    auto pair_ab = make_pair(ctx); auto& a = pair_ab.first; auto& b = pair_ab.second;  // clang 14: lambdas cannot capture structured bindings
     ctx.sync_wait([&]() -> task<void> {
         std::span<std::byte> empty;
         std::span<const std::byte> cempty;
@@ -430,7 +430,7 @@ TEST_CASE("stream_socket: zero-length buffers complete at once and are not end o
 TEST_CASE("stream_socket: close() cancels reads in flight and queued with operation_canceled",
           "[stream_socket]") {
     io_context ctx;
-    auto [a, b] = make_pair(ctx);
+    auto pair_ab = make_pair(ctx); auto& a = pair_ab.first; auto& b = pair_ab.second;  // clang 14: lambdas cannot capture structured bindings
     ctx.sync_wait([&]() -> task<void> {
         std::array<std::byte, 16> buf1{}, buf2{};
         io_result<std::size_t> r1, r2;

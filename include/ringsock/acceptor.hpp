@@ -24,9 +24,11 @@
 
 namespace ringsock {
 
+/// How basic_acceptor::listen() creates and later removes its socket file.
 struct listen_options {
     /// Mode of the socket file from the moment it exists. 0600: only the owner.
     mode_t mode = 0600;
+    /// Length of the kernel's queue of connections not yet accepted (listen(2)).
     int backlog = SOMAXCONN;
     /// Replace a socket file nobody listens on (a crashed server's). A live server's
     /// socket is never touched, nor is anything that is not a socket.
@@ -242,10 +244,13 @@ template <class Socket, int Type>
 class basic_acceptor {
 public:
     basic_acceptor() noexcept = default;
+    /// Takes over the listener and its socket file; `o` is left closed and will not
+    /// remove the file.
     basic_acceptor(basic_acceptor&& o) noexcept
         : ctx_(o.ctx_), fd_(std::move(o.fd_)), engine_(std::move(o.engine_)), bound_(std::move(o.bound_)) {
         o.bound_.owned = false;
     }
+    /// Closes this listener first (see close()), then takes over `o`'s.
     basic_acceptor& operator=(basic_acceptor&& o) noexcept {
         if (this != &o) {
             close();
@@ -306,10 +311,13 @@ public:
         fd_.reset();
     }
 
+    /// True between a successful listen()/adopt() and close().
     bool is_open() const noexcept { return fd_.valid(); }
+    /// The listening descriptor (-1 when closed); still owned by the acceptor.
     int native_handle() const noexcept { return fd_.get(); }
     /// The context it accepts on. Precondition: it was opened (not default-constructed).
     io_context& context() const noexcept { return *ctx_; }
+    /// The address it listens on (getsockname); EBADF when closed.
     io_result<endpoint> local_endpoint() const { return ringsock::local_endpoint(fd_.get()); }
 
 private:

@@ -109,7 +109,9 @@ concept fd_receiving_stream = readable_stream<S> && requires(S& s) {
 template <readable_stream Stream>
 class buffered_stream : public detail::frame_slot_owner {
 public:
+    /// Bytes allocated up front when the constructor is given no capacity.
     static constexpr std::size_t default_capacity = 4096;
+    /// Most the buffer grows to when the constructor is given no max_capacity.
     static constexpr std::size_t default_max_capacity = 64 * 1024;
 
     /// Allocates `capacity` bytes now; a frame that needs more makes the buffer double,
@@ -118,7 +120,10 @@ public:
                              std::size_t max_capacity = default_max_capacity)
         : s_(&s), cap_(std::max<std::size_t>(capacity, 1)), max_cap_(std::max(max_capacity, cap_)),
           buf_(std::make_unique_for_overwrite<std::byte[]>(cap_)) {}
+    /// Takes the buffer, its bytes and descriptors; only while no read is running.
     buffered_stream(buffered_stream&&) noexcept = default;
+    /// As the move constructor; what this object buffered is dropped (its descriptors
+    /// closed). Only while no read is running on either object.
     buffered_stream& operator=(buffered_stream&&) noexcept = default;
 
     /// Reads up to `delimiter` and consumes the frame and the delimiter. co_await yields
@@ -214,8 +219,9 @@ public:
 
     /// The stream read from.
     Stream& next_layer() noexcept { return *s_; }
-    /// The buffer's current size and the most it may grow to.
+    /// The buffer's current size in bytes.
     std::size_t capacity() const noexcept { return cap_; }
+    /// The most the buffer may grow to; frames longer than this cannot be read.
     std::size_t max_capacity() const noexcept { return max_cap_; }
 
 private:

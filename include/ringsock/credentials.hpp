@@ -26,8 +26,11 @@ namespace ringsock {
 
 /// A process's identity as the kernel recorded it.
 struct credentials {
+    /// Process id; 0 when the process is outside the caller's pid namespace.
     pid_t pid = 0;
+    /// User id, mapped into the caller's user namespace.
     uid_t uid = static_cast<uid_t>(-1);
+    /// Group id, mapped into the caller's user namespace.
     gid_t gid = static_cast<gid_t>(-1);
 };
 

@@ -25,6 +25,7 @@
 
 namespace ringsock {
 
+/// How datagram_socket::bind() creates and later removes its socket file.
 struct datagram_options {
     /// Mode of the socket file from the moment it exists. Senders need write permission:
     /// 0600 admits only the owner, 0666 everyone (like /dev/log).
@@ -43,10 +44,14 @@ struct datagram_options {
 class datagram_socket : public detail::message_socket_base {
 public:
     datagram_socket() noexcept = default;
+    /// Adopts `fd`, an AF_UNIX datagram socket, for use on `ctx`. Its socket file, if
+    /// any, is never removed by this object.
     datagram_socket(io_context& ctx, unique_fd fd) noexcept : message_socket_base(ctx, std::move(fd)) {}
+    /// Takes over the socket, its operations in flight and its socket file.
     datagram_socket(datagram_socket&& o) noexcept : message_socket_base(std::move(o)), bound_(std::move(o.bound_)) {
         o.bound_.owned = false;
     }
+    /// Closes this socket first (see close()), then takes over `o`'s.
     datagram_socket& operator=(datagram_socket&& o) noexcept {
         if (this != &o) {
             close();  // ours: the file first
@@ -112,6 +117,8 @@ public:
     [[nodiscard]] auto receive_from(B&& buf, op_limits lim = {}) {
         return recv(as_writable_bytes(buf), max_fds_per_message, true, "receive_from", lim);
     }
+    /// receive_from() accepting at most `max_fds` descriptors per message, as
+    /// receive(buf, max_fds).
     template <writable_bytes B>
     [[nodiscard]] auto receive_from(B&& buf, std::size_t max_fds, op_limits lim = {}) {
         return recv(as_writable_bytes(buf), max_fds, true, "receive_from", lim);

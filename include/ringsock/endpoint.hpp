@@ -15,10 +15,13 @@
 
 namespace ringsock {
 
+/// A Unix socket address: a filesystem path, an abstract name (Linux) or unnamed,
+/// with its exact length. A value type: copy it freely.
 class endpoint {
 public:
     /// Longest path or abstract name: sun_path is 108 bytes; a path needs its NUL.
     static constexpr std::size_t max_path_length = sizeof(sockaddr_un::sun_path) - 1;
+    /// Longest abstract name, without its leading NUL.
     static constexpr std::size_t max_abstract_length = sizeof(sockaddr_un::sun_path) - 1;
 
     /// Unnamed: what an unbound or socketpair socket reports.
@@ -64,8 +67,11 @@ public:
         return e;
     }
 
+    /// True for an address with no name (unbound, socketpair, autobind() before bind).
     bool is_unnamed() const noexcept { return len_ <= offsetof(sockaddr_un, sun_path); }
+    /// True for an abstract name (its first byte is NUL).
     bool is_abstract() const noexcept { return !is_unnamed() && addr_.sun_path[0] == '\0'; }
+    /// True for a filesystem path.
     bool is_path() const noexcept { return !is_unnamed() && addr_.sun_path[0] != '\0'; }
 
     /// The filesystem path (empty unless is_path()).
@@ -92,9 +98,14 @@ public:
         return "(unnamed)";
     }
 
+    /// The address for bind(2), connect(2) and sendto(2), with size().
     const sockaddr* data() const noexcept { return reinterpret_cast<const sockaddr*>(&addr_); }
+    /// The address, writable; writing it does not change size().
     sockaddr* data() noexcept { return reinterpret_cast<sockaddr*>(&addr_); }
+    /// The exact address length: the family, then the name (path() counts the path's
+    /// NUL; an abstract name is never padded).
     socklen_t size() const noexcept { return len_; }
+    /// The sockaddr_un itself; only its first size() bytes are the address.
     const sockaddr_un& native() const noexcept { return addr_; }
 
     friend bool operator==(const endpoint& a, const endpoint& b) noexcept {

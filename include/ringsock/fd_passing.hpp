@@ -40,21 +40,31 @@ inline constexpr std::size_t max_fds_per_message = 253;
 class borrowed_fds {
 public:
     borrowed_fds() noexcept = default;
+    /// One descriptor (an empty unique_fd gives -1, which the send rejects with EBADF).
     borrowed_fds(const unique_fd& fd) noexcept : ints_(&fd_one_, 1), fd_one_(fd.get()) {}  // NOLINT: implicit
+    /// `{a, b, c}`: a view of the list, which lives only until the end of the full
+    /// expression; use it directly in the send call.
     borrowed_fds(std::initializer_list<int> fds) noexcept : ints_(fds.begin(), fds.size()) {}
+    /// A view of a contiguous range of int; the range must outlive this object.
     template <std::ranges::contiguous_range R>
         requires std::same_as<std::remove_cv_t<std::ranges::range_value_t<R>>, int>
     borrowed_fds(const R& fds) noexcept : ints_(std::ranges::data(fds), std::ranges::size(fds)) {}  // NOLINT
+    /// A view of a contiguous range of unique_fd, which keep owning their descriptors;
+    /// the range must outlive this object.
     template <std::ranges::contiguous_range R>
         requires std::same_as<std::remove_cv_t<std::ranges::range_value_t<R>>, unique_fd>
     borrowed_fds(const R& fds) noexcept : owned_(std::ranges::data(fds), std::ranges::size(fds)) {}  // NOLINT
+    /// Copies the view (a single descriptor is copied itself, not pointed to).
     borrowed_fds(const borrowed_fds& o) noexcept : ints_(o.ints_), owned_(o.owned_), fd_one_(o.fd_one_) {
         if (o.ints_.data() == &o.fd_one_) ints_ = {&fd_one_, 1};
     }
     borrowed_fds& operator=(const borrowed_fds&) = delete;
 
+    /// Number of descriptors.
     std::size_t size() const noexcept { return owned_.empty() ? ints_.size() : owned_.size(); }
+    /// True when there are no descriptors to send.
     bool empty() const noexcept { return size() == 0; }
+    /// The i-th descriptor, still the caller's. Precondition: i < size().
     int operator[](std::size_t i) const noexcept { return owned_.empty() ? ints_[i] : owned_[i].get(); }
 
 private:

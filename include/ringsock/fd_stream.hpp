@@ -41,14 +41,18 @@ public:
     static constexpr std::size_t default_fd_limit = 1024;
 
     fd_stream() noexcept { state_.set_fd_queue(&queue_); }
+    /// Adopts `fd`, a connected AF_UNIX stream socket, for use on `ctx`.
     fd_stream(io_context& ctx, unique_fd fd) noexcept : socket_base(ctx, std::move(fd)) { state_.set_fd_queue(&queue_); }
     /// Takes over a connected stream socket (e.g. one from acceptor::accept()).
     explicit fd_stream(stream_socket&& s) noexcept : socket_base(s.context(), s.release()) {
         state_.set_fd_queue(&queue_);
     }
+    /// Takes over the socket, its operations in flight and its queued descriptors.
     fd_stream(fd_stream&& o) noexcept : socket_base(std::move(o)), queue_(std::move(o.queue_)) {
         state_.set_fd_queue(&queue_);
     }
+    /// Closes this socket first (see close()) and closes the descriptors still queued
+    /// on it, then takes over `o`'s socket, operations and queue.
     fd_stream& operator=(fd_stream&& o) noexcept {
         if (this != &o) {
             socket_base::operator=(std::move(o));
@@ -137,6 +141,7 @@ public:
     /// more closes all of that read's descriptors and reports errc::fds_truncated, so a
     /// peer cannot fill this process's descriptor table. 0: accept none.
     void set_fd_limit(std::size_t n) noexcept { queue_.limit = n; }
+    /// The limit set by set_fd_limit() (default 1024).
     std::size_t fd_limit() const noexcept { return queue_.limit; }
 
 private:

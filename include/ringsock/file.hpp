@@ -120,7 +120,9 @@ public:
     file() noexcept = default;
     /// Takes ownership of `fd`.
     file(io_context& ctx, unique_fd fd) noexcept : ctx_(&ctx), fd_(std::move(fd)) {}
+    /// Takes over the descriptor and the operations in flight on it.
     file(file&& o) noexcept : ctx_(o.ctx_), fd_(std::move(o.fd_)) { ops_.take(o.ops_); }
+    /// Closes this file first (see close()), then takes over `o`'s.
     file& operator=(file&& o) noexcept {
         if (this != &o) {
             close();
@@ -209,7 +211,9 @@ public:
         return std::move(fd_);
     }
 
+    /// True while the file owns a descriptor (not closed, released or moved from).
     bool is_open() const noexcept { return fd_.valid(); }
+    /// The descriptor (-1 when closed); still owned by the file.
     int native_handle() const noexcept { return fd_.get(); }
     /// Precondition: the file was given a context (not default-constructed).
     io_context& context() const noexcept { return *ctx_; }

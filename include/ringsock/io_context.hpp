@@ -23,8 +23,14 @@ namespace ringsock {
 /// requests on operations' stop tokens may come from other threads.
 class io_context {
 public:
+    /// Ring set-up, an aggregate: `entries` (submission queue size, default 256; the
+    /// completion queue is four times larger), `defer_taskrun` (ask for
+    /// SINGLE_ISSUER|DEFER_TASKRUN, default true; falls back when refused),
+    /// `registered_files` (size of the registered-file table, default 1024; 0: off) and
+    /// `register_after` (requests a socket makes before it takes a slot, default 16).
     using options = detail::context_options;
 
+    /// A ring with the default options. Throws std::system_error as the other constructor.
     io_context() : io_context(options{}) {}
     /// Throws std::system_error naming the step if the ring cannot be set up.
     explicit io_context(options opts) : sched_(*this, opts) {}
@@ -45,6 +51,7 @@ public:
     std::size_t poll() { return sched_.poll(); }
     /// Makes run() return soon. Safe from any thread.
     void stop() noexcept { sched_.stop(); }
+    /// True after stop() until restart(). Safe from any thread.
     bool stopped() const noexcept { return sched_.stopped(); }
     /// Clears the stopped state so run() can be called again.
     void restart() noexcept { sched_.restart(); }
@@ -63,8 +70,12 @@ public:
     /// Suspends the calling coroutine and resumes it on the next loop turn.
     auto yield() noexcept { return sched_.yield(); }
 
+    /// What the ring was actually set up with (the kernel may refuse some options).
     const ring_features& features() const noexcept { return sched_.features(); }
+    /// The liburing ring. Submitting to it directly bypasses the context's bookkeeping:
+    /// for inspection and tests.
     io_uring* native_handle() noexcept { return sched_.native_handle(); }
+    /// True on the thread that created the context (the only one that may run it).
     bool on_loop_thread() const noexcept { return sched_.on_loop_thread(); }
     /// Number of operations and waiters that keep run() from returning.
     std::size_t outstanding_work() const noexcept { return sched_.outstanding_work(); }
@@ -74,6 +85,10 @@ private:
     detail::scheduler sched_;
 };
 
+// Implementation only: the library's way to the scheduler (declared in
+// detail/scheduler.hpp). Doxygen cannot match this definition to that declaration.
+/// \cond
 inline detail::scheduler& detail::core(io_context& ctx) noexcept { return ctx.sched_; }
+/// \endcond
 
 }  // namespace ringsock

@@ -35,33 +35,50 @@ struct stored_error {
 template <class T>
 class [[nodiscard]] io_result {
 public:
+    /// A success holding T{}.
     io_result() = default;
+    /// A success holding `value`.
     io_result(T value) : value_(std::move(value)) {}  // NOLINT: implicit by design
+    /// An error; `what` names the operation and must outlive the result (a literal).
+    /// The value slot holds T{}.
     io_result(std::error_code ec, const char* what = "ringsock") : ec_(ec), what_(what) {}
+    /// An error that still achieved `partial` (read back with partial_value()).
     io_result(T partial, std::error_code ec, const char* what)
         : value_(std::move(partial)), ec_(ec), what_(what) {}
 
+    /// True on success.
     bool has_value() const noexcept { return !ec_; }
+    /// has_value().
     explicit operator bool() const noexcept { return has_value(); }
     /// The error (a default std::error_code on success).
     std::error_code error() const noexcept { return ec_.get(); }
     /// The name of the operation that failed, for messages.
     const char* what() const noexcept { return what_; }
 
+    /// The value. Throws std::system_error (error(), what()) on an error.
     T& value() & { check(); return value_; }
+    /// The value. Throws std::system_error (error(), what()) on an error.
     const T& value() const& { check(); return value_; }
+    /// The value, moved out. Throws std::system_error (error(), what()) on an error.
     T&& value() && { check(); return std::move(value_); }
     /// Checked like value(): throws std::system_error on an error.
     T& operator*() & { check(); return value_; }
+    /// Checked like value(): throws std::system_error on an error.
     const T& operator*() const& { check(); return value_; }
+    /// Checked like value(): the value moved out, or throws std::system_error.
     T&& operator*() && { check(); return std::move(value_); }
+    /// Member access, checked like value(): throws std::system_error on an error.
     T* operator->() { check(); return &value_; }
+    /// Member access, checked like value(): throws std::system_error on an error.
     const T* operator->() const { check(); return &value_; }
+    /// A copy of the value, or T(fallback) on an error (never throws system_error; a
+    /// partial value is not returned).
     template <class U>
     T value_or(U&& fallback) const& { return ec_ ? T(std::forward<U>(fallback)) : value_; }
 
     /// Never throws: the value, or on an error what the operation achieved before it.
     T& partial_value() & noexcept { return value_; }
+    /// Never throws: the value, or on an error what the operation achieved before it.
     const T& partial_value() const& noexcept { return value_; }
 
 private:
@@ -77,12 +94,17 @@ private:
 template <>
 class [[nodiscard]] io_result<void> {
 public:
+    /// A success.
     io_result() = default;
+    /// An error; `what` names the operation and must outlive the result (a literal).
     io_result(std::error_code ec, const char* what = "ringsock") : ec_(ec), what_(what) {}
+    /// True on success.
     bool has_value() const noexcept { return !ec_; }
+    /// has_value().
     explicit operator bool() const noexcept { return has_value(); }
     /// The error (a default std::error_code on success).
     std::error_code error() const noexcept { return ec_.get(); }
+    /// The name of the operation that failed, for messages.
     const char* what() const noexcept { return what_; }
     /// Throws std::system_error carrying error() and naming the operation, on an error.
     void value() const {

@@ -25,11 +25,15 @@ public:
     /// years, +infinity) means "no limit in practice" and arms no timer at all.
     static constexpr std::chrono::nanoseconds no_limit{std::chrono::nanoseconds::max().count() / 2};
 
+    /// No stop token, no time limit.
     op_limits() noexcept = default;
+    /// Ends the operation with operation_canceled when `stop` is requested.
     op_limits(std::stop_token stop) noexcept : stop(std::move(stop)) {}  // NOLINT: implicit by design
+    /// Ends the operation with timed_out after `limit` (clamped by saturate()).
     template <class Rep, class Period>
     op_limits(std::chrono::duration<Rep, Period> limit) noexcept  // NOLINT: implicit by design
         : timeout(saturate(limit)) {}
+    /// Both: whichever comes first ends the operation.
     template <class Rep, class Period>
     op_limits(std::stop_token stop, std::chrono::duration<Rep, Period> limit) noexcept
         : stop(std::move(stop)), timeout(saturate(limit)) {}
@@ -46,6 +50,8 @@ public:
         return std::chrono::duration_cast<std::chrono::nanoseconds>(d);
     }
 
+    /// A stop request on it ends the operation with operation_canceled; it may come
+    /// from any thread. Empty (the default): no stop.
     std::stop_token stop{};
     /// Measured from the moment the operation is awaited; covers the whole operation,
     /// including the time it waits behind other operations on the same socket and the

@@ -79,6 +79,7 @@ struct scope_child_promise : resumable {
 /// io_context, and never from inside one of its own children.
 class scope {
 public:
+    /// An empty scope whose children run on `ctx`.
     explicit scope(io_context& ctx) noexcept : ctx_(&ctx) {}
     /// A scope that also stops when `parent` does (e.g. an enclosing scope's token).
     scope(io_context& ctx, const std::stop_token& parent) : ctx_(&ctx), link_(parent, source_) {}
@@ -98,6 +99,7 @@ public:
     /// Asks every child to stop: operations given get_token() end with
     /// operation_canceled. Safe from any thread; idempotent.
     void request_stop() noexcept { source_.request_stop(); }
+    /// True once request_stop() was called (or the parent token was stopped).
     bool stop_requested() const noexcept { return source_.stop_requested(); }
     /// The token children pass to their operations (and to nested scopes).
     std::stop_token get_token() const noexcept { return source_.get_token(); }
@@ -137,6 +139,8 @@ private:
     std::exception_ptr error_;
 };
 
+// Implementation only: what join() returns.
+/// \cond
 class scope::join_awaiter {
 public:
     explicit join_awaiter(scope* s) noexcept : s_(s) {}
@@ -161,6 +165,7 @@ private:
     scope* s_;
     std::coroutine_handle<> waiting_{};
 };
+/// \endcond
 
 inline auto scope::join() noexcept { return join_awaiter(this); }
 

@@ -30,6 +30,7 @@ namespace ringsock {
 class seqpacket_socket : public detail::message_socket_base {
 public:
     seqpacket_socket() noexcept = default;
+    /// Adopts `fd`, a connected AF_UNIX seqpacket socket, for use on `ctx`.
     seqpacket_socket(io_context& ctx, unique_fd fd) noexcept : message_socket_base(ctx, std::move(fd)) {}
 
     /// A connected pair (socketpair). Errors: EMFILE, ENFILE.

@@ -69,6 +69,8 @@ public:
         if (!fd_) detail::throw_errno(errno, "signal_set: signalfd");
     }
 
+    /// Takes over the signalfd and the waits in progress; the moved-from set has no
+    /// signalfd. The signals stay blocked either way.
     signal_set(signal_set&&) noexcept = default;
     signal_set& operator=(signal_set&&) = delete;
     /// Waits in progress end with operation_canceled.
@@ -81,7 +83,9 @@ public:
     /// Waits for one of the signals; co_await yields io_result<int> (the signal number).
     [[nodiscard]] auto wait(op_limits lim = {}) { return detail::signal_wait_op(*ctx_, fd_.get(), &state_, lim); }
 
+    /// The signals this set blocked and delivers.
     const sigset_t& mask() const noexcept { return mask_; }
+    /// The signalfd (non-blocking, close-on-exec), still owned by the set.
     int native_handle() const noexcept { return fd_.get(); }
 
 private:

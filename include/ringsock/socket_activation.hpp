@@ -47,6 +47,8 @@ struct activated_socket {
     bool listening = false;
 };
 
+/// Which inherited sockets take_activated_sockets() accepts, and whether it clears
+/// the environment.
 struct activation_options {
     /// Remove LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES from the environment (in every
     /// case, as sd_listen_fds(1) does), so child processes do not inherit them.

@@ -73,6 +73,7 @@ private:
 class stream_socket : public detail::socket_base {
 public:
     stream_socket() noexcept = default;
+    /// Adopts `fd`, a connected AF_UNIX stream socket, for use on `ctx`.
     stream_socket(io_context& ctx, unique_fd fd) noexcept : socket_base(ctx, std::move(fd)) {}
 
     /// A connected pair (socketpair). Errors: EMFILE, ENFILE.
@@ -129,12 +130,15 @@ public:
     [[nodiscard]] auto read_some(std::span<const iovec> iov, op_limits lim = {}) {
         return vop(iov, detail::vectored_op::kind::recv_some, lim);
     }
+    /// Vectored read_exact: fills every buffer of `iov`, in order.
     [[nodiscard]] auto read_exact(std::span<const iovec> iov, op_limits lim = {}) {
         return vop(iov, detail::vectored_op::kind::recv_exact, lim);
     }
+    /// Vectored write_some: sends at least one byte from `iov`, in order.
     [[nodiscard]] auto write_some(std::span<const iovec> iov, op_limits lim = {}) {
         return vop(iov, detail::vectored_op::kind::send_some, lim);
     }
+    /// Vectored write_all: sends every buffer of `iov`; errors as write_all.
     [[nodiscard]] auto write_all(std::span<const iovec> iov, op_limits lim = {}) {
         return vop(iov, detail::vectored_op::kind::send_all, lim);
     }

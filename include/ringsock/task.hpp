@@ -68,12 +68,18 @@ struct task_promise<void> : task_promise_base {
 template <class T>
 class [[nodiscard]] task {
 public:
+    /// The coroutine promise (for the compiler).
     using promise_type = detail::task_promise<T>;
+    /// What `co_await` on the task yields.
     using value_type = T;
 
+    /// An empty task: valid() is false; awaiting it throws std::logic_error.
     task() noexcept = default;
+    /// Takes ownership of the frame `h` (for the promise and executors).
     explicit task(std::coroutine_handle<promise_type> h) noexcept : h_(h) {}
+    /// Takes `other`'s frame, leaving it empty.
     task(task&& other) noexcept : h_(std::exchange(other.h_, {})) {}
+    /// Destroys the frame held (even if started and suspended), then takes `other`'s.
     task& operator=(task&& other) noexcept {
         if (this != &other) {
             if (h_) h_.destroy();
@@ -87,9 +93,13 @@ public:
         if (h_) h_.destroy();
     }
 
+    /// True when it holds a frame.
     bool valid() const noexcept { return static_cast<bool>(h_); }
+    /// True when the coroutine has finished (or there is none).
     bool done() const noexcept { return !h_ || h_.done(); }
 
+    // Implementation only: what co_await on a task uses.
+    /// \cond
     struct awaiter {
         std::coroutine_handle<promise_type> h;
         bool await_ready() const noexcept { return !h || h.done(); }
@@ -102,8 +112,13 @@ public:
             return h.promise().take();
         }
     };
+    /// \endcond
 
+    /// Starts the coroutine and resumes the awaiter when it finishes, yielding its value
+    /// or rethrowing its exception. The task keeps the frame; await it once.
+    /// Throws std::logic_error for an empty task.
     awaiter operator co_await() && noexcept { return awaiter{h_}; }
+    /// As the rvalue overload: `co_await t` on a named task.
     awaiter operator co_await() & noexcept { return awaiter{h_}; }
 
     /// For executors: the frame, ownership kept by the task.

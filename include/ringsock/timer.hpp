@@ -143,8 +143,10 @@ private:
 /// use it on the context's thread and destroy it before the context.
 class timer {
 public:
+    /// The clock expiries are measured on (CLOCK_MONOTONIC).
     using clock = std::chrono::steady_clock;
 
+    /// A timer on `ctx` that never expires until given an expiry.
     explicit timer(io_context& ctx) noexcept : ctx_(&ctx) {}
     timer(const timer&) = delete;
     timer& operator=(const timer&) = delete;
@@ -191,6 +193,7 @@ public:
         return n;
     }
 
+    /// The context its waits run on.
     io_context& context() const noexcept { return *ctx_; }
 
 private:
