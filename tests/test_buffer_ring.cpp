@@ -110,9 +110,15 @@ TEST_CASE("buffer_ring: a starved read ends by its time limit or stop token, and
     fd_leak_guard guard;
     io_context ctx;
     buffer_ring ring(ctx, 1, 64);
-    auto [a, b] = make_pair(ctx);
-    auto [c, d] = make_pair(ctx);
-    auto [e, f] = make_pair(ctx);
+    auto pab = make_pair(ctx);  // named: clang 14 cannot capture structured bindings
+    auto& a = pab.first;
+    auto& b = pab.second;
+    auto pcd = make_pair(ctx);  // named: clang 14 cannot capture structured bindings
+    auto& c = pcd.first;
+    auto& d = pcd.second;
+    auto pef = make_pair(ctx);  // named: clang 14 cannot capture structured bindings
+    auto& e = pef.first;
+    auto& f = pef.second;
     raw_send(b, "first");
     raw_send(d, "second");
     raw_send(f, "third");
@@ -140,8 +146,12 @@ TEST_CASE("buffer_ring: closing the socket of a starved read cancels it", "[buff
     fd_leak_guard guard;
     io_context ctx;
     buffer_ring ring(ctx, 1, 64);
-    auto [a, b] = make_pair(ctx);
-    auto [c, d] = make_pair(ctx);
+    auto pab = make_pair(ctx);  // named: clang 14 cannot capture structured bindings
+    auto& a = pab.first;
+    auto& b = pab.second;
+    auto pcd = make_pair(ctx);  // named: clang 14 cannot capture structured bindings
+    auto& c = pcd.first;
+    auto& d = pcd.second;
     raw_send(b, "x");
     raw_send(d, "y");
     auto run = [&]() -> task<void> {
@@ -163,8 +173,12 @@ TEST_CASE("buffer_ring: a read whose coroutine is destroyed after the kernel fil
     fd_leak_guard guard;
     io_context ctx;
     buffer_ring ring(ctx, 4, 64);
-    auto [a, b] = make_pair(ctx);
-    auto [c, d] = make_pair(ctx);
+    auto pab = make_pair(ctx);  // named: clang 14 cannot capture structured bindings
+    auto& a = pab.first;
+    auto& b = pab.second;
+    auto pcd = make_pair(ctx);  // named: clang 14 cannot capture structured bindings
+    auto& c = pcd.first;
+    auto& d = pcd.second;
     int resumed = 0;
     auto reader = [&](stream_socket& s) -> task<void> {
         auto r = co_await s.read_some(ring);
@@ -221,7 +235,9 @@ TEST_CASE("buffer_ring: end of stream returns an empty lent buffer and takes non
     fd_leak_guard guard;
     io_context ctx;
     buffer_ring ring(ctx, 2, 64);
-    auto [a, b] = make_pair(ctx);
+    auto pab = make_pair(ctx);  // named: clang 14 cannot capture structured bindings
+    auto& a = pab.first;
+    auto& b = pab.second;
     b.close();
     auto run = [&]() -> task<void> {
         auto r = co_await a.read_some(ring);
@@ -236,7 +252,9 @@ TEST_CASE("buffer_ring: a byte-exact stream through a small ring arrives whole a
     fd_leak_guard guard;
     io_context ctx;
     buffer_ring ring(ctx, 4, 256);
-    auto [a, b] = make_pair(ctx);
+    auto pab = make_pair(ctx);  // named: clang 14 cannot capture structured bindings
+    auto& a = pab.first;
+    auto& b = pab.second;
     std::string sent(1 << 20, '\0');
     for (std::size_t i = 0; i < sent.size(); ++i) sent[i] = static_cast<char>((i * 131) ^ (i >> 9));
     std::string got;

@@ -40,8 +40,10 @@ class lent_receive_op;
 class lent_buffer {
 public:
     lent_buffer() noexcept = default;
+    /// Takes over `o`'s buffer; `o` becomes empty.
     lent_buffer(lent_buffer&& o) noexcept
         : ring_(std::exchange(o.ring_, nullptr)), data_(o.data_), size_(o.size_), id_(o.id_) {}
+    /// Returns this buffer to its ring, then takes over `o`'s.
     lent_buffer& operator=(lent_buffer&& o) noexcept {
         if (this != &o) {
             reset();
@@ -58,9 +60,13 @@ public:
 
     /// The bytes received (size() of them; the buffer itself may be larger).
     std::byte* data() const noexcept { return data_; }
+    /// Bytes received.
     std::size_t size() const noexcept { return size_; }
+    /// No bytes: end of stream, an empty message, or a default-constructed buffer.
     bool empty() const noexcept { return size_ == 0; }
+    /// The bytes received, as bytes.
     std::span<const std::byte> bytes() const noexcept { return {data_, size_}; }
+    /// The bytes received, as characters (valid while the buffer is held).
     std::string_view chars() const noexcept { return {reinterpret_cast<const char*>(data_), size_}; }
     /// Drops the first `n` bytes (a parser consumed them); the buffer stays lent.
     void consume(std::size_t n) noexcept {
@@ -139,7 +145,9 @@ public:
         ::munmap(br_, ring_bytes_);
     }
 
+    /// Number of buffers (the requested count rounded up to a power of two).
     unsigned count() const noexcept { return count_; }
+    /// Size of each buffer: the most one receive returns.
     std::size_t buffer_size() const noexcept { return size_; }
     /// Buffers handed to callers as lent_buffers right now.
     unsigned lent() const noexcept { return lent_; }
@@ -157,7 +165,9 @@ public:
         const auto tail = io_uring_smp_load_acquire(&br_->tail);
         return static_cast<unsigned>(static_cast<std::uint16_t>(tail - static_cast<std::uint16_t>(status.head)));
     }
+    /// The buffer group id the ring is registered under (sqe->buf_group).
     std::uint16_t group() const noexcept { return group_; }
+    /// The context whose ring the buffers are registered with.
     io_context& context() const noexcept { return *ctx_; }
 
 private:

@@ -61,6 +61,7 @@ public:
         join_threads();
     }
 
+    /// Number of rings (and threads).
     std::size_t size() const noexcept { return size_; }
     /// Ring `i` (< size()). Use it from its own thread, or through post() / spawn_on().
     io_context& operator[](std::size_t i) noexcept { return *slots_[i].ctx; }
@@ -102,6 +103,7 @@ public:
         for (std::size_t i = 0; i < size_; ++i)
             if (slots_[i].ctx) slots_[i].ctx->stop();
     }
+    /// True once stop() was called (or a ring failed): the pool is shutting down.
     bool stopping() const noexcept { return stopping_.load(std::memory_order_acquire); }
 
     /// Blocks until the pool has stopped (stop(), or an exception escaping a task on any
