@@ -123,7 +123,7 @@ TEST_CASE("buffer_ring: a starved read ends by its time limit or stop token, and
         auto second = co_await c.read_some(ring, 50ms);  // no buffer comes back in time
         CHECK(second.error() == std::errc::timed_out);
         auto cancel_soon = [&]() -> task<void> {
-            co_await sleep_for(ctx, 20ms);
+            (void)co_await sleep_for(ctx, 20ms);
             stop.request_stop();
         };
         auto [third, ignored] = co_await when_all(read_task(e, ring, op_limits(stop.get_token())), cancel_soon());
@@ -148,7 +148,7 @@ TEST_CASE("buffer_ring: closing the socket of a starved read cancels it", "[buff
         auto first = co_await a.read_some(ring);
         REQUIRE(first);
         auto closer = [&]() -> task<void> {
-            co_await sleep_for(ctx, 20ms);
+            (void)co_await sleep_for(ctx, 20ms);
             c.close();
         };
         auto [second, ignored] = co_await when_all(read_task(c, ring), closer());

@@ -134,12 +134,12 @@ TEST_CASE("pool: shutting down with reads, timers and connects in flight on ever
             if (!p) co_return;
             std::array<char, 64> buf{};
             st.fetch_add(1);
-            co_await p->first.read_some(buf);  // never answered
+            (void)co_await p->first.read_some(buf);  // never answered
         };
         auto sleeper = [](io_context& ctx, std::atomic<int>& st) -> task<void> {
             alive_count c;
             st.fetch_add(1);
-            co_await sleep_for(ctx, 1h);
+            (void)co_await sleep_for(ctx, 1h);
         };
         for (std::size_t r = 0; r < pool.size(); ++r)
             for (int i = 0; i < 50; ++i) {
@@ -340,7 +340,7 @@ TEST_CASE("post: a plain io_context run by another thread takes posts from this 
         io_context ctx;
         made.set_value(&ctx);
         auto keep = [](io_context& c, std::atomic<bool>& q) -> task<void> {
-            while (!q.load()) co_await sleep_for(c, 1ms);
+            while (!q.load()) (void)co_await sleep_for(c, 1ms);
         };
         ctx.sync_wait(keep(ctx, quit));
     });
