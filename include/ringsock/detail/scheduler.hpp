@@ -282,7 +282,12 @@ inline bool scheduler::turn(bool block, std::size_t max_resume, std::size_t& res
         ~running_guard() { running_loop = saved; }
     } running(this);
     if (remote_.has_posts()) process_remote();
-    if (inbox_.has_items()) process_inbox();
+    if (inbox_.has_items()) {
+        process_inbox();
+        // A posted function that posted to this loop again (no wake: same thread), stopped
+        // it or threw must not leave the loop blocked in the enter below.
+        if (inbox_.has_items() || stopped() || detached_error_) block = false;
+    }
     sub_.flush_pending();
     sub_.flush_late();
     __kernel_timespec next_deadline{};
