@@ -178,3 +178,141 @@ TEST_CASE("hostile buffer_ring: a starved read on a registered socket waits with
     CHECK(cpu < 150ms);  // waiting, not retrying in a loop
     CHECK(ring.lent() == 0);
 }
+
+TEST_CASE("hostile pool: exceptions from posted functions and spawned tasks on every ring at once", "[pool]") {
+    fd_leak_guard guard;
+    alive::count = 0;
+    {
+        context_pool pool(2);
+        std::atomic<int> armed{0};
+        std::promise<void> go;
+        auto fire = go.get_future().share();
+        auto thrower = [](std::shared_future<void> f, alive) -> task<void> {
+            f.wait();
+            throw std::runtime_error("task");
+            co_return;
+        };
+        for (std::size_t r = 0; r < 2; ++r) {
+            post(pool[r], [&armed, fire] {
+                armed.fetch_add(1);
+                fire.wait();
+                throw std::runtime_error("posted");
+            });
+            spawn_on(pool[r], thrower(fire, alive{}));
+            for (int i = 0; i < 20; ++i) post(pool[r], [a = alive{}] {});
+        }
+        CHECK(eventually([&] { return armed.load() == 2; }));
+        go.set_value();
+        CHECK(eventually([&] { return pool.stopping(); }));
+        bool threw = false;
+        try {
+            pool.join();
+        } catch (const std::runtime_error& e) {
+            threw = std::string(e.what()) == "posted" || std::string(e.what()) == "task";
+        }
+        CHECK(threw);
+    }
+    CHECK(alive::count.load() == 0);
+}
+
+TEST_CASE("hostile pool: destroyed with reads, full-backlog connects, timers and starved lent reads on every ring", "[pool]") {
+    fd_leak_guard guard;
+    alive::count = 0;
+    const endpoint ep = ringsock::test::unique_abstract("hostile-backlog");
+    unique_fd listener = ringsock::test::raw_listener(ep, 1);
+    auto backlog = ringsock::test::fill_backlog(ep);
+    {
+        context_pool pool(2);
+        std::atomic<int> armed{0};
+        auto owner = [](io_context& ctx, endpoint ep, std::atomic<int>& armed, alive) -> task<void> {
+            // Owns the ring and the sockets; spawned first, so destroyed after its readers.
+            buffer_ring ring(ctx, 1, 64);
+            std::vector<std::pair<stream_socket, stream_socket>> pairs;
+            for (int i = 0; i < 12; ++i) {
+                auto p = stream_socket::pair(ctx);
+                if (!p) co_return;
+                pairs.push_back(std::move(*p));
+                (void)::send(pairs.back().second.native_handle(), "data", 4, MSG_NOSIGNAL);
+            }
+            auto lent_reader = [](stream_socket& s, buffer_ring& ring, std::atomic<int>& armed, alive) -> task<void> {
+                armed.fetch_add(1);
+                auto r = co_await s.read_some(ring);  // the first keeps the only buffer...
+                (void)co_await sleep_for(s.context(), 1h);  // ...the others starve
+                (void)r;
+            };
+            auto plain_reader = [](stream_socket& s, std::atomic<int>& armed, alive) -> task<void> {
+                std::array<char, 16> buf{};
+                armed.fetch_add(1);
+                (void)co_await s.read_some(buf);
+            };
+            auto connector = [](io_context& ctx, endpoint ep, std::atomic<int>& armed, alive) -> task<void> {
+                armed.fetch_add(1);
+                (void)co_await stream_socket::connect(ctx, ep);  // waits on a full backlog
+            };
+            auto sleeper = [](io_context& ctx, std::atomic<int>& armed, alive) -> task<void> {
+                armed.fetch_add(1);
+                (void)co_await sleep_for(ctx, 1h);
+            };
+            for (std::size_t i = 0; i < 6; ++i) ctx.spawn(lent_reader(pairs[i].first, ring, armed, alive{}));
+            for (std::size_t i = 6; i < 12; ++i) ctx.spawn(plain_reader(pairs[i].second, armed, alive{}));  // never written
+            for (int i = 0; i < 4; ++i) ctx.spawn(connector(ctx, ep, armed, alive{}));
+            for (int i = 0; i < 4; ++i) ctx.spawn(sleeper(ctx, armed, alive{}));
+            armed.fetch_add(1);
+            (void)co_await sleep_for(ctx, 1h);
+        };
+        for (std::size_t r = 0; r < 2; ++r) spawn_on(pool[r], owner(pool[r], ep, armed, alive{}));
+        CHECK(eventually([&] { return armed.load() == 2 * 21; }));
+        std::this_thread::sleep_for(50ms);  // let the starved reads go round their wait
+    }  // no stop(): the destructor does it all
+    CHECK(alive::count.load() == 0);
+}
+
+TEST_CASE("hostile hand_off: serve() racing clients that close at once and the pool stopping", "[pool][hand_off]") {
+    fd_leak_guard guard;
+    alive::count = 0;
+    for (int round = 0; round < 3; ++round) {
+        const endpoint ep = ringsock::test::unique_abstract("hostile-race");
+        auto pool = std::make_unique<context_pool>(2);
+        std::atomic<int> handled{0};
+        auto handler = [&handled, a = alive{}](stream_socket s) -> task<void> {
+            std::array<char, 64> buf{};
+            handled.fetch_add(1);
+            for (;;) {
+                auto n = co_await s.read_some(buf, 5s);
+                if (!n || *n == 0) break;
+                auto w = co_await s.write_all(std::span(buf.data(), *n));
+                if (!w) break;
+            }
+        };
+        // The listener lives in a task on ring 0, so the pool's teardown ends it there.
+        auto server = [](io_context& ctx, endpoint ep, context_pool& pool, decltype(handler) h,
+                         std::promise<bool>& up) -> task<void> {
+            auto l = acceptor::listen(ctx, ep);
+            up.set_value(l.has_value());
+            if (l) co_await serve(*l, pool, h, distribution::least_loaded);
+        };
+        std::promise<bool> listening;
+        spawn_on((*pool)[0], server((*pool)[0], ep, *pool, handler, listening));
+        REQUIRE(listening.get_future().get());
+        std::atomic<bool> quit{false};
+        std::vector<std::thread> clients;
+        for (int t = 0; t < 3; ++t)
+            clients.emplace_back([&, t] {
+                for (int i = 0; !quit.load() && i < 2000; ++i) {
+                    unique_fd c(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+                    if (!c || ::connect(c.get(), ep.data(), ep.size()) != 0) continue;  // refused once it stops
+                    if ((i + t) % 2) (void)::send(c.get(), "ping", 4, MSG_NOSIGNAL);
+                }
+            });
+        CHECK(eventually([&] { return handled.load() > 100; }));
+        if (round == 0) {
+            pool->stop();  // the target rings shut down under the hand-offs
+            pool->join();
+        }
+        if (round == 1) post((*pool)[1], [p = pool.get()] { p->stop(); });  // a ring stops its own pool
+        quit = true;
+        for (auto& c : clients) c.join();
+        pool.reset();  // round 2: destroyed while serving
+    }
+    CHECK(alive::count.load() == 0);
+}
