@@ -43,6 +43,12 @@ public:
     void prepare(io_uring_sqe* sqe) noexcept override {
         if (waiting_) {
             io_uring_prep_timeout(sqe, &wait_, 0, 0);
+            // TRICKY: the submission passes every SQE of a socket's operation to the file
+            // table, which registers the socket once it has made enough requests, taking
+            // the descriptor from sqe->fd. A timeout's fd is -1: registering that emptied
+            // the slot and every later read failed with EBADF. The kernel ignores a
+            // timeout's fd, so name the socket's.
+            sqe->fd = fd_;
             return;
         }
         // On message sockets MSG_TRUNC makes the result the message's full length.
