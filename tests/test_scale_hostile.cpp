@@ -316,3 +316,226 @@ TEST_CASE("hostile hand_off: serve() racing clients that close at once and the p
     }
     CHECK(alive::count.load() == 0);
 }
+
+namespace {
+
+std::uint32_t fnv(std::string_view s, std::uint32_t h = 2166136261u) {
+    for (unsigned char c : s) h = (h ^ c) * 16777619u;
+    return h;
+}
+
+std::string random_bytes(std::mt19937& rng, std::size_t n) {
+    std::string s(n, '\0');
+    for (auto& c : s) c = static_cast<char>(rng());
+    return s;
+}
+
+}  // namespace
+
+TEST_CASE("hostile buffer_ring: a lent_buffer kept across co_awaits and moved and reset twice", "[buffer_ring]") {
+    fd_leak_guard guard;
+    io_context ctx;
+    buffer_ring ring(ctx, 2, 64);
+    auto [a, b] = make_pair(ctx);
+    auto run = [&]() -> task<void> {
+        raw_send(b, "kept");
+        auto r = co_await a.read_some(ring);
+        REQUIRE(r);
+        lent_buffer held = std::move(*r);
+        (void)co_await sleep_for(ctx, 5ms);
+        co_await ctx.yield();
+        lent_buffer moved(std::move(held));
+        CHECK(held.empty());
+        held.reset();  // moved-from: nothing to give back
+        CHECK(moved.chars() == "kept");
+        CHECK(ring.lent() == 1);
+        moved.consume(2);
+        lent_buffer assigned;
+        assigned = std::move(moved);
+        lent_buffer& alias = assigned;
+        assigned = std::move(alias);  // self-move keeps it
+        CHECK(assigned.chars() == "pt");
+        assigned.reset();
+        assigned.reset();
+        CHECK(ring.lent() == 0);
+    };
+    ctx.sync_wait(run());
+    auto avail = ring.available();
+    REQUIRE(avail);
+    CHECK(*avail == 2);
+}
+
+TEST_CASE("hostile buffer_ring: one buffer and a hundred readers: byte-exact, and the ring comes back full", "[buffer_ring]") {
+    fd_leak_guard guard;
+    io_context ctx;
+    buffer_ring ring(ctx, 1, 512);
+    constexpr int n = 100;
+    std::vector<std::pair<stream_socket, stream_socket>> pairs;
+    for (int i = 0; i < n; ++i) pairs.push_back(make_pair(ctx));
+    std::mt19937 rng(7);
+    std::vector<std::string> sent(n), got(n), why(n);
+    for (int i = 0; i < n; ++i) sent[static_cast<std::size_t>(i)] = random_bytes(rng, 1 + rng() % 3000);
+    int done = 0;
+    auto writer = [&](int i) -> task<void> {
+        auto& s = pairs[static_cast<std::size_t>(i)].second;
+        auto w = co_await s.write_all(sent[static_cast<std::size_t>(i)]);
+        (void)w;
+        (void)s.shutdown();
+    };
+    auto reader = [&](int i) -> task<void> {
+        for (;;) {
+            auto r = co_await pairs[static_cast<std::size_t>(i)].first.read_some(ring, 30s);
+            if (!r) {
+                why[static_cast<std::size_t>(i)] = r.error().message();
+                break;
+            }
+            if (r->empty()) break;
+            lent_buffer keep = std::move(*r);
+            if (i % 3 == 0) co_await ctx.yield();  // hold the only buffer across a turn
+            got[static_cast<std::size_t>(i)].append(keep.chars());
+        }
+        ++done;
+    };
+    for (int i = 0; i < n; ++i) {
+        ctx.spawn(reader(i));
+        ctx.spawn(writer(i));
+    }
+    while (done < n) ctx.run_one();
+    for (int i = 0; i < n; ++i) {
+        const auto& g = got[static_cast<std::size_t>(i)];
+        const auto& w = sent[static_cast<std::size_t>(i)];
+        std::size_t at = 0;
+        while (at < g.size() && at < w.size() && g[at] == w[at]) ++at;
+        INFO("reader " << i << " got " << g.size() << " of " << w.size() << " bytes, first difference at " << at << " ended by '" << why[static_cast<std::size_t>(i)] << "'");
+        CHECK(fnv(g) == fnv(w));
+    }
+    CHECK(ring.lent() == 0);
+    auto avail = ring.available();
+    REQUIRE(avail);
+    CHECK(*avail == 1);
+}
+
+TEST_CASE("hostile buffer_ring: a starved read cancelled at every moment gives the ring back full", "[buffer_ring]") {
+    fd_leak_guard guard;
+    io_context ctx;
+    buffer_ring ring(ctx, 1, 64);
+    for (int how = 0; how < 4; ++how) {
+        for (int when = 0; when < 8; ++when) {
+            DYNAMIC_SECTION("h" << how << "w" << when) {
+                auto [a, b] = make_pair(ctx);
+                auto [c, d] = make_pair(ctx);
+                raw_send(b, "held");
+                raw_send(d, "starved");
+                std::stop_source stop;
+                std::string outcome;
+                auto victim = [&]() -> task<void> {
+                    op_limits lim = how == 1 ? op_limits(std::chrono::milliseconds(when * 7)) : op_limits(stop.get_token());
+                    auto r = co_await c.read_some(ring, lim);
+                    outcome = r ? std::string(r->chars()) : r.error().message();
+                };
+                auto killer = [&]() -> task<void> {
+                    for (int i = 0; i < when; ++i) co_await ctx.yield();
+                    if (when >= 4) (void)co_await sleep_for(ctx, std::chrono::milliseconds(5 * (when - 3)));
+                    if (how == 0) stop.request_stop();
+                    if (how == 2) c.close();
+                    if (how == 1) (void)co_await sleep_for(ctx, 100ms);
+                };
+                auto run = [&]() -> task<void> {
+                    auto held = co_await a.read_some(ring);
+                    REQUIRE(held);
+                    if (how == 3) {
+                        // The coroutine destroyed while starved: spawned, then the context shut down below.
+                        ctx.spawn(victim());
+                        for (int i = 0; i < when; ++i) co_await ctx.yield();
+                        co_return;
+                    }
+                    co_await when_all(victim(), killer());
+                };
+                ctx.sync_wait(run());
+                if (how == 3) {
+                    c.close();  // ends the spawned read
+                    ctx.run();
+                }
+                CHECK(ring.lent() == 0);
+                auto avail = ring.available();
+                REQUIRE(avail);
+                CHECK(*avail == 1);
+                CHECK(outcome != "starved");  // it never got the buffer
+            }
+        }
+    }
+}
+
+TEST_CASE("hostile buffer_ring: lent stream reads racing the peer's close", "[buffer_ring]") {
+    fd_leak_guard guard;
+    io_context ctx;
+    buffer_ring ring(ctx, 2, 128);
+    std::mt19937 rng(11);
+    for (int round = 0; round < 200; ++round) {
+        auto [a, b] = make_pair(ctx);
+        const std::string msg = random_bytes(rng, rng() % 400);
+        std::string got;
+        bool ended = false;
+        auto reader = [&]() -> task<void> {
+            for (;;) {
+                auto r = co_await a.read_some(ring, 10s);
+                if (!r) break;
+                if (r->empty()) {
+                    ended = true;
+                    break;
+                }
+                got.append(r->chars());
+            }
+        };
+        auto closer = [&]() -> task<void> {
+            if (round % 2) co_await ctx.yield();
+            (void)::send(b.native_handle(), msg.data(), msg.size(), MSG_NOSIGNAL);
+            b.close();
+            co_return;
+        };
+        ctx.sync_wait(when_all(reader(), closer()));
+        CHECK(ended);
+        CHECK(fnv(got) == fnv(msg));
+    }
+    CHECK(ring.lent() == 0);
+    auto avail = ring.available();
+    REQUIRE(avail);
+    CHECK(*avail == 2);
+}
+
+TEST_CASE("hostile buffer_ring: a datagram flood into a small ring loses no accepted message", "[buffer_ring]") {
+    fd_leak_guard guard;
+    io_context ctx;
+    buffer_ring ring(ctx, 2, 256);
+    auto dg = datagram_socket::pair(ctx);
+    REQUIRE(dg);
+    constexpr int n = 3000;
+    std::uint32_t sent_sum = 0, got_sum = 0;
+    int got = 0;
+    auto sender = [&]() -> task<void> {
+        for (int i = 0; i < n; ++i) {
+            const std::string m = "dgram-" + std::to_string(i) + std::string(static_cast<std::size_t>(i % 200), 'x');
+            sent_sum += fnv(m);
+            auto s = co_await dg->second.send(m);
+            REQUIRE(s);
+        }
+    };
+    auto receiver = [&]() -> task<void> {
+        std::vector<lent_buffer> keep;
+        while (got < n) {
+            auto r = co_await dg->first.receive(ring, 10s);
+            REQUIRE(r);
+            got_sum += fnv(r->chars());
+            ++got;
+            keep.push_back(std::move(*r));
+            if (keep.size() == 2 || got % 5 == 0) {
+                co_await ctx.yield();  // the ring stays empty for a turn
+                keep.clear();
+            }
+        }
+    };
+    ctx.sync_wait(when_all(sender(), receiver()));
+    CHECK(got == n);
+    CHECK(got_sum == sent_sum);
+    CHECK(ring.lent() == 0);
+}
