@@ -539,3 +539,118 @@ TEST_CASE("hostile buffer_ring: a datagram flood into a small ring loses no acce
     CHECK(got_sum == sent_sum);
     CHECK(ring.lent() == 0);
 }
+
+TEST_CASE("hostile soak: 2000 connections through serve() on a 2-ring pool with lent buffers", "[pool][soak]") {
+    fd_leak_guard guard;
+    const endpoint ep = ringsock::test::unique_abstract("hostile-soak");
+    std::atomic<long> verified{0}, cut{0};
+    {
+        context_pool pool(2);
+        // One buffer_ring per ring, owned by a task spawned first (destroyed after the handlers).
+        std::array<buffer_ring*, 2> rings{};
+        std::promise<void> made[2];
+        auto keeper = [](io_context& ctx, buffer_ring*& out, std::promise<void>& ready) -> task<void> {
+            buffer_ring ring(ctx, 4, 1024);
+            out = &ring;
+            ready.set_value();
+            (void)co_await sleep_for(ctx, 1h);  // until the pool goes
+        };
+        for (std::size_t r = 0; r < 2; ++r) spawn_on(pool[r], keeper(pool[r], rings[r], made[r]));
+        for (auto& m : made) m.get_future().get();
+        // Protocol: u32 length, then that many bytes; the server answers u32 FNV checksum
+        // and echoes the bytes. Lengths with the top bit set ask the server to wait for a
+        // payload that never comes: its 50 ms time limit cuts the connection.
+        auto handler = [&pool, &rings](stream_socket s) -> task<void> {
+            buffer_ring& ring = *rings[pool.index_of(s.context())];
+            for (;;) {
+                std::uint32_t len = 0;
+                auto h = co_await s.read_exact(std::span(reinterpret_cast<char*>(&len), 4), 10s);
+                if (!h) co_return;
+                const bool slow = len & 0x8000'0000u;
+                len &= 0x7fff'ffffu;
+                std::uint32_t sum = 2166136261u;
+                std::string echo;
+                while (echo.size() < len) {
+                    auto r = co_await s.read_some(ring, slow ? op_limits(50ms) : op_limits(10s));
+                    if (!r || r->empty()) co_return;  // cut, or the client went away
+                    lent_buffer b = std::move(*r);
+                    echo.append(b.chars());
+                }
+                sum = fnv(echo, sum);
+                auto w1 = co_await s.write_all(std::span(reinterpret_cast<const char*>(&sum), 4));
+                if (!w1) co_return;
+                auto w2 = co_await s.write_all(echo);
+                if (!w2) co_return;
+            }
+        };
+        auto server = [](io_context& ctx, endpoint ep, context_pool& pool, decltype(handler) h,
+                         std::promise<bool>& up) -> task<void> {
+            auto l = acceptor::listen(ctx, ep, {.backlog = 512});
+            up.set_value(l.has_value());
+            if (l) co_await serve(*l, pool, h);
+        };
+        std::promise<bool> listening;
+        spawn_on(pool[0], server(pool[0], ep, pool, handler, listening));
+        REQUIRE(listening.get_future().get());
+        std::vector<std::thread> clients;
+        std::atomic<int> bad{0};
+        for (int t = 0; t < 4; ++t)
+            clients.emplace_back([&, t] {
+                std::mt19937 rng(static_cast<unsigned>(100 + t));
+                for (int i = 0; i < 500; ++i) {
+                    unique_fd c(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+                    if (!c || ::connect(c.get(), ep.data(), ep.size()) != 0) {
+                        bad.fetch_add(1);
+                        continue;
+                    }
+                    timeval tv{20, 0};
+                    ::setsockopt(c.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+                    const int messages = static_cast<int>(rng() % 4);
+                    for (int m = 0; m < messages; ++m) {
+                        const unsigned mode = rng() % 10;
+                        const std::string body = random_bytes(rng, rng() % 6000);
+                        std::uint32_t len = static_cast<std::uint32_t>(body.size());
+                        if (mode == 0) {  // disconnect mid-message
+                            (void)::send(c.get(), &len, 4, MSG_NOSIGNAL);
+                            (void)::send(c.get(), body.data(), body.size() / 2, MSG_NOSIGNAL);
+                            cut.fetch_add(1);
+                            break;
+                        }
+                        if (mode == 1) {  // server-side time limit cuts it
+                            len |= 0x8000'0000u;
+                            (void)::send(c.get(), &len, 4, MSG_NOSIGNAL);
+                            char x = 0;
+                            if (::recv(c.get(), &x, 1, 0) != 0) bad.fetch_add(1);  // closed by the server
+                            cut.fetch_add(1);
+                            break;
+                        }
+                        std::string frame(reinterpret_cast<const char*>(&len), 4);
+                        frame += body;
+                        if (::send(c.get(), frame.data(), frame.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(frame.size())) {
+                            bad.fetch_add(1);
+                            break;
+                        }
+                        std::string back(4 + body.size(), '\0');
+                        std::size_t have = 0;
+                        while (have < back.size()) {
+                            auto n = ::recv(c.get(), back.data() + have, back.size() - have, 0);
+                            if (n <= 0) break;
+                            have += static_cast<std::size_t>(n);
+                        }
+                        std::uint32_t sum = 0;
+                        std::memcpy(&sum, back.data(), 4);
+                        if (have != back.size() || sum != fnv(body) || back.compare(4, body.size(), body) != 0) {
+                            bad.fetch_add(1);
+                            break;
+                        }
+                        verified.fetch_add(1);
+                    }
+                }
+            });
+        for (auto& c : clients) c.join();
+        CHECK(bad.load() == 0);
+        CHECK(eventually([&] { return pool.load(0) == 0 && pool.load(1) == 0; }));
+    }  // the pool's teardown ends serve(), the keepers and their rings
+    CHECK(verified.load() > 500);
+    CHECK(cut.load() > 50);
+}
