@@ -40,16 +40,18 @@ class lent_receive_op;
 class lent_buffer {
 public:
     lent_buffer() noexcept = default;
-    /// Takes over `o`'s buffer; `o` becomes empty.
+    /// Takes over `o`'s buffer; `o` becomes empty (its bytes are no longer its to show:
+    /// the buffer may already be lent to another read).
     lent_buffer(lent_buffer&& o) noexcept
-        : ring_(std::exchange(o.ring_, nullptr)), data_(o.data_), size_(o.size_), id_(o.id_) {}
+        : ring_(std::exchange(o.ring_, nullptr)), data_(std::exchange(o.data_, nullptr)),
+          size_(std::exchange(o.size_, 0)), id_(o.id_) {}
     /// Returns this buffer to its ring, then takes over `o`'s.
     lent_buffer& operator=(lent_buffer&& o) noexcept {
         if (this != &o) {
             reset();
             ring_ = std::exchange(o.ring_, nullptr);
-            data_ = o.data_;
-            size_ = o.size_;
+            data_ = std::exchange(o.data_, nullptr);
+            size_ = std::exchange(o.size_, 0);
             id_ = o.id_;
         }
         return *this;
@@ -211,6 +213,8 @@ private:
 };
 
 inline void lent_buffer::reset() noexcept {
+    data_ = nullptr;  // the bytes go back with the buffer
+    size_ = 0;
     if (buffer_ring* r = std::exchange(ring_, nullptr)) r->put_back(id_);
 }
 

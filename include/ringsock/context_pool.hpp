@@ -31,10 +31,11 @@ namespace ringsock {
 ///
 /// Shutdown (stop() then join(), or the destructor), on every ring: its loop returns,
 /// all rings wait for each other, each discards work posted but never run, cancels
-/// the operations still in flight and destroys the tasks still spawned on it, the
-/// rings wait for each other again, and each destroys its context. So a task being
-/// destroyed on one ring can still post to another (the post is discarded), and no
-/// context is freed while another thread may name it.
+/// the operations still in flight and destroys the tasks still spawned on it, and the
+/// rings wait for each other again. The contexts themselves stay (closed: whatever is
+/// posted to them is discarded) until the pool is destroyed, so any thread may post to
+/// a ring of a live pool, stopped or not, and no context is freed while another thread
+/// may name it.
 class context_pool {
 public:
     /// Starts `threads` rings (0: one per CPU). Throws std::system_error naming the step
@@ -49,7 +50,7 @@ public:
         if (setup_error_) {
             lock.unlock();
             stop();
-            join_threads();
+            release_and_join();
             std::rethrow_exception(setup_error_);
         }
     }
@@ -58,7 +59,7 @@ public:
     /// stop() and join(); an exception from a ring that join() did not report is dropped.
     ~context_pool() {
         stop();
-        join_threads();
+        release_and_join();
     }
 
     /// Number of rings (and threads).
@@ -107,11 +108,12 @@ public:
     bool stopping() const noexcept { return stopping_.load(std::memory_order_acquire); }
 
     /// Blocks until the pool has stopped (stop(), or an exception escaping a task on any
-    /// ring, which stops the whole pool) and every thread has finished, then rethrows the
-    /// first such exception. Call from a thread that is not one of the pool's.
+    /// ring, which stops the whole pool) and every ring has shut down, then rethrows the
+    /// first such exception. The threads and their (closed) contexts remain until the
+    /// destructor. Call from a thread that is not one of the pool's.
     void join() {
-        join_threads();
-        std::lock_guard lock(mu_);
+        std::unique_lock lock(mu_);
+        finished_cv_.wait(lock, [&] { return finished_ == size_; });
         if (run_error_) std::rethrow_exception(std::exchange(run_error_, nullptr));
     }
 
@@ -161,12 +163,27 @@ private:
             detail::core(*ctx).close_inbox();
             detail::core(*ctx).shut_down();  // cancels in flight, destroys spawned tasks
         }
-        phase_.arrive_and_wait();  // nobody can post any more: contexts may go
+        phase_.arrive_and_wait();  // every ring is shut down
+        // Other threads may still post to this (closed) context: it goes only with the
+        // pool, destroyed on its own thread.
         {
-            std::lock_guard lock(mu_);
+            std::unique_lock lock(mu_);
+            ++finished_;
+            finished_cv_.notify_all();
+            finished_cv_.wait(lock, [&] { return released_; });
             slots_[i].ctx = nullptr;
         }
         ctx.reset();
+    }
+
+    /// Lets the threads destroy their contexts and end, and joins them.
+    void release_and_join() {
+        {
+            std::lock_guard lock(mu_);
+            released_ = true;
+        }
+        finished_cv_.notify_all();
+        join_threads();
     }
 
     void join_threads() {
@@ -183,7 +200,10 @@ private:
     std::mutex mu_;
     std::mutex join_mu_;
     std::condition_variable started_cv_;
+    std::condition_variable finished_cv_;
     std::size_t started_ = 0;
+    std::size_t finished_ = 0;  // rings shut down (join() waits for all)
+    bool released_ = false;     // the destructor lets the threads destroy their contexts
     std::exception_ptr setup_error_;
     std::exception_ptr run_error_;
 };

@@ -54,6 +54,7 @@ public:
     bool on_complete() noexcept override {
         if (waiting_) {
             waiting_ = false;
+            sqe_without_file_ = false;
             ring_->unstarve(this);
             if (interrupted() || socket_gone()) {
                 res_ = -ECANCELED;
@@ -65,6 +66,9 @@ public:
         }
         if (res_ == -ENOBUFS && !interrupted() && !socket_gone()) {
             waiting_ = true;
+            // TRICKY: the file table would register the socket from this TIMEOUT's
+            // sqe->fd (-1), emptying the slot every later read uses (EBADF).
+            sqe_without_file_ = true;
             ring_->starve(this);
             ctx_->submit(this);
             return false;

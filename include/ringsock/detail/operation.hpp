@@ -235,6 +235,9 @@ protected:
     /// (see io_context::submit), so a send to the same socket pair goes first.
     bool submit_late_ = false;
     bool queued_late_ = false;  // waiting in the context's late list (state pending)
+    /// The next SQE this operation prepares names no file (e.g. a lent read's wait for a
+    /// buffer is a TIMEOUT): the file table must neither count nor rewrite it.
+    bool sqe_without_file_ = false;
     bool in_deadline_list_ = false;
     op_gate* gate_ = nullptr;
     socket_state* sock_ = nullptr;

@@ -201,6 +201,15 @@ private:
     };
 
     bool turn(bool block, std::size_t max_resume, std::size_t& resumed);
+    /// Leaving run()/run_one()/poll()/sync_wait(): a wake that a post made through this
+    /// ring (wake_from) waits in the SQ for the next enter, which may never come (the
+    /// caller stops driving the loop and waits for the target): submit it now.
+    struct leave_guard {
+        scheduler* s;
+        ~leave_guard() {
+            if (s->sub_.take_wake_queued() && s->ring_.sq_ready() > 0) s->ring_.flush();
+        }
+    };
     /// Repeats the cancels of operations that are still in flight, at most every
     /// retry interval (the clock is read only while there are such operations).
     void repeat_cancels() noexcept {
@@ -285,7 +294,12 @@ inline bool scheduler::turn(bool block, std::size_t max_resume, std::size_t& res
         ~running_guard() { running_loop = saved; }
     } running(this);
     if (remote_.has_posts()) process_remote();
-    if (inbox_.has_items()) process_inbox();
+    if (inbox_.has_items()) {
+        process_inbox();
+        // A posted function that posted to this loop again (no wake: same thread), stopped
+        // it or threw must not leave the loop blocked in the enter below.
+        if (inbox_.has_items() || stopped() || detached_error_) block = false;
+    }
     sub_.flush_pending();
     sub_.flush_late();
     __kernel_timespec next_deadline{};
@@ -340,6 +354,7 @@ inline bool scheduler::turn(bool block, std::size_t max_resume, std::size_t& res
 
 inline std::size_t scheduler::run() {
     check_thread("run");
+    leave_guard leave{this};
     std::size_t resumed = 0;
     while (!stopped()) {
         if (!turn(true, static_cast<std::size_t>(-1), resumed)) break;
@@ -350,6 +365,7 @@ inline std::size_t scheduler::run() {
 
 inline bool scheduler::run_one() {
     check_thread("run_one");
+    leave_guard leave{this};
     std::size_t resumed = 0;
     while (!stopped() && resumed == 0) {
         if (!turn(true, 1, resumed)) break;
@@ -360,6 +376,7 @@ inline bool scheduler::run_one() {
 
 inline std::size_t scheduler::poll() {
     check_thread("poll");
+    leave_guard leave{this};
     std::size_t resumed = 0;
     if (!stopped()) {
         turn(false, static_cast<std::size_t>(-1), resumed);
@@ -429,6 +446,7 @@ T scheduler::sync_wait(task<T> t) {
     } start;
     start.s = this;
     start.waiter_ = t.handle();
+    leave_guard leave{this};
     ready_.push(&start);
     ready_.add_work();
     std::size_t resumed = 0;

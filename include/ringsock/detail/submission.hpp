@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "deadline_list.hpp"
@@ -42,8 +43,12 @@ public:
         io_uring_prep_msg_ring(sqe, target_ring_fd, 0, msg_ring_wake, 0);
         sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
         sqe->user_data = reinterpret_cast<std::uint64_t>(fallback) | msg_ring_wake;
+        wake_queued_ = true;
         return true;
     }
+    /// Whether a wake was queued since the last call (the loop must not leave it in the
+    /// SQ when it stops running: nothing else would ever submit it).
+    bool take_wake_queued() noexcept { return std::exchange(wake_queued_, false); }
 
     /// How often a cancel that may have missed its target is repeated.
     static constexpr long retry_interval_ns = 10'000'000;
@@ -314,7 +319,7 @@ private:
         }
         io_uring_sqe* sqe = ring_.get_sqe();
         op->prepare(sqe);
-        if (op->sock_) files_.use(op->sock_->file, sqe);
+        if (op->sock_ && !op->sqe_without_file_) files_.use(op->sock_->file, sqe);
         io_uring_sqe_set_data(sqe, op);
         op->cqes_left_ = 1;
         if (op->has_deadline_) {
@@ -395,6 +400,7 @@ private:
     std::size_t inflight_ = 0;      // CQEs still expected for non-zero user_data
     std::size_t inflight_cap_ = 0;  // at most this many, so the CQ never overflows
     bool shutting_down_ = false;
+    bool wake_queued_ = false;  // send_wake() put an SQE in the SQ (take_wake_queued)
 
 public:
     bool shutting_down() const noexcept { return shutting_down_; }
