@@ -39,7 +39,8 @@ struct posted_function final : posted_item {
 /// own (then it runs on the next turn, never inline). Posts from one thread run in the
 /// order they were made. An exception escaping `fn` is rethrown from the run() driving
 /// `ctx`. If `ctx` is shutting down (its destructor or its pool's has begun), `fn` is
-/// destroyed without running. `ctx` must outlive the call; run() must be driving it
+/// destroyed without running. `ctx` must stay alive until the posted work has run or
+/// been discarded (a context_pool keeps its contexts until it is destroyed); run() must be driving it
 /// (or be called later) for `fn` to run: a context_pool keeps its loops running.
 /// Allocates one node per call (the function is moved into it).
 template <class F>
