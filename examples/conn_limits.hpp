@@ -16,6 +16,8 @@
 
 #include <ringsock/ringsock.hpp>
 
+#include <pthread.h>
+#include <signal.h>
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -24,6 +26,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <future>
+#include <initializer_list>
 #include <latch>
 #include <memory>
 #include <mutex>
@@ -320,5 +324,35 @@ private:
     ringsock::context_pool* pool_;
     std::vector<slot> slots_;
 };
+
+/// Blocks `signals` in the calling thread, so threads started later inherit the mask and
+/// none is delivered the default way before a signal_set takes them.
+inline void block_signals(std::initializer_list<int> signals) {
+    sigset_t mask;
+    sigemptyset(&mask);
+    for (int s : signals) sigaddset(&mask, s);
+    ::pthread_sigmask(SIG_BLOCK, &mask, nullptr);
+}
+
+/// Runs `start(result)` (a task that sets the std::promise<int> it is given) on ring 0,
+/// waits for the exit code, then destroys the per-ring state on its rings and stops the
+/// pool. Rethrows what the task set as its exception (after the same cleanup).
+template <class Start>
+int run_server(ringsock::context_pool& pool, ring_set& rings, Start start) {
+    std::promise<int> result;
+    auto code = result.get_future();
+    ringsock::spawn_on(pool[0], start(result));
+    int rc = 1;
+    try {
+        rc = code.get();
+    } catch (...) {
+        rings.close();
+        throw;
+    }
+    rings.close();  // every connection is gone: the buffer rings can go, each on its ring
+    pool.stop();
+    pool.join();
+    return rc;
+}
 
 }  // namespace limits

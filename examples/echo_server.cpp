@@ -19,9 +19,6 @@
 #include <ringsock/ringsock.hpp>
 #include <ringsock/socket_activation.hpp>
 
-#include <pthread.h>
-#include <signal.h>
-
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -211,28 +208,13 @@ int main(int argc, char** argv) {
         if (activated->empty() && opt.path.empty()) usage();
         // Block the signals before any ring's thread starts, so every thread inherits the
         // mask and none is delivered the default way; ring 0's signal_set takes them.
-        sigset_t mask;
-        sigemptyset(&mask);
-        for (int s : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&mask, s);
-        ::pthread_sigmask(SIG_BLOCK, &mask, nullptr);
+        limits::block_signals({SIGTERM, SIGINT, SIGHUP});
 
         ringsock::context_pool pool(opt.threads);
         limits::ring_set rings(pool, lim, ring_buffers, ring_buffer_size);
         server srv{pool, lim, rings};
-        std::promise<int> result;
-        auto code = result.get_future();
-        ringsock::spawn_on(pool[0], run(srv, opt, &*activated, result));
-        int rc = 1;
-        try {
-            rc = code.get();
-        } catch (...) {
-            rings.close();
-            throw;
-        }
-        rings.close();  // every connection is gone: the buffer rings can go, each on its ring
-        pool.stop();
-        pool.join();
-        return rc;
+        return limits::run_server(pool, rings,
+                                  [&](std::promise<int>& result) { return run(srv, opt, &*activated, result); });
     } catch (const std::exception& e) {
         std::fprintf(stderr, "echo_server: %s\n", e.what());
         return 1;
