@@ -40,9 +40,11 @@ namespace limits {
 
 using namespace std::chrono_literals;
 
-/// Descriptors kept free for everything that is not a connection: rings, signalfd,
-/// listener, stdio, files a request opens.
-constexpr long descriptor_reserve = 64;
+/// Descriptors kept free for everything that is not a counted connection: rings,
+/// signalfd, listener, stdio, files a request opens, connections being closed to make
+/// room, and the acceptor's own queue (its multishot accept takes up to 64 connections
+/// from the backlog before accept() hands them out, ringsock::detail::accept_engine).
+constexpr long descriptor_reserve = 160;
 
 /// RLIMIT_NOFILE minus the reserve (at least 1; 65536 when unlimited).
 inline long default_max_connections() {
@@ -55,9 +57,15 @@ inline long default_max_connections() {
 struct process_limits {
     long max_connections = default_max_connections();
     std::chrono::milliseconds idle_timeout = 60s;
-    std::atomic<long> live{0};  // accepted and not yet gone (handed-off ones included)
-    std::atomic<long> shed{0};  // closed to make room for a newer connection
+    std::atomic<long> live{0};    // accepted and not yet gone (handed-off ones included)
+    std::atomic<long> active{0};  // admitted and not yet stopped (what the cap counts)
+    std::atomic<long> shed{0};    // closed to make room for a newer connection
 };
+
+/// The accept loop waits while this many connections beyond the cap are still open
+/// (being closed to make room, or handed to a ring that has not started them yet), so
+/// the rings catch up instead of accept() running into EMFILE.
+constexpr long accept_overshoot = 32;
 
 /// One unit of process_limits::live, held from accept() until the handler's frame goes
 /// (also when a hand-off is dropped unstarted at shutdown).
@@ -114,16 +122,14 @@ public:
     /// there is none (or the ring is stopping), admitted() is false: close at once.
     explicit connection(ring_connections& r) : ring_(&r), idle_(r.context()) {
         link_back();
-        if (r.stopping()) {
-            admitted_ = false;
-        } else if (r.limits().live.load(std::memory_order_relaxed) > r.limits().max_connections) {
-            admitted_ = r.shed_oldest(this);
-        }
-        if (!admitted_) unlink();
+        const long before = r.limits().active.fetch_add(1, std::memory_order_relaxed);
+        if (r.stopping()) admitted_ = false;
+        else if (before >= r.limits().max_connections) admitted_ = r.shed_oldest(this);
+        if (!admitted_) stop();
     }
     connection(const connection&) = delete;
     connection& operator=(const connection&) = delete;
-    ~connection() { unlink(); }
+    ~connection() { stop(); }
 
     bool admitted() const noexcept { return admitted_; }
     /// The token for this connection's I/O: stopped on idle timeout, shedding, shutdown.
@@ -161,7 +167,9 @@ public:
 private:
     friend class ring_connections;
     void stop() noexcept {
+        if (!linked_) return;  // already stopped
         unlink();
+        ring_->limits().active.fetch_sub(1, std::memory_order_relaxed);
         stop_.request_stop();
     }
     void link_back() noexcept {
@@ -218,6 +226,9 @@ ringsock::task<void> accept_loop(ringsock::acceptor& acc, process_limits& lim, P
     auto backoff = 1ms;
     bool starved = false;
     for (;;) {
+        while (lim.live.load(std::memory_order_relaxed) >= lim.max_connections + accept_overshoot) {
+            if (!co_await ringsock::sleep_for(acc.context(), 1ms, stop)) co_return;
+        }
         auto conn = co_await acc.accept(stop);
         if (conn) {
             if (starved) std::fprintf(stderr, "%s: accepting again\n", name);
