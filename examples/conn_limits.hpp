@@ -62,6 +62,13 @@ struct process_limits {
     std::atomic<long> shed{0};    // closed to make room for a newer connection
 };
 
+/// The listen backlog the servers ask for. Small on purpose: the acceptor's multishot
+/// ACCEPT takes every connection waiting in the backlog into the descriptor table as
+/// soon as it is armed, however slowly accept() is called (its 64-entry queue only
+/// stops it after the fact), so the backlog bounds that burst. Clients beyond it wait
+/// in connect() (or get EAGAIN) until the server has made room.
+constexpr int listen_backlog = 64;
+
 /// The accept loop waits while this many connections beyond the cap are still open
 /// (being closed to make room, or handed to a ring that has not started them yet), so
 /// the rings catch up instead of accept() running into EMFILE.

@@ -150,7 +150,7 @@ task<void> run(server& srv, const options& opt, std::vector<ringsock::activated_
                 result.set_value(1);
                 co_return;
             }
-            auto listening = ringsock::acceptor::listen(ctx, *ep, {.mode = opt.mode});
+            auto listening = ringsock::acceptor::listen(ctx, *ep, {.mode = opt.mode, .backlog = limits::listen_backlog});
             if (!listening) {
                 std::fprintf(stderr, "echo_server: cannot listen on %s: %s\n", opt.path.c_str(),
                              listening.error().message().c_str());

@@ -184,6 +184,7 @@ int main(int argc, char** argv) {
         }
         ringsock::listen_options opts;
         opts.mode = mode;
+        opts.backlog = limits::listen_backlog;
         auto acc = ringsock::acceptor::listen(ctx, *ep, opts);
         if (!acc) {
             std::fprintf(stderr, "fd_server: cannot listen on %s: %s\n", path.c_str(), acc.error().message().c_str());

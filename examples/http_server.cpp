@@ -513,6 +513,7 @@ task<void> run(server_state& st, std::vector<ringsock::activated_socket>* activa
             }
             ringsock::listen_options opts;
             opts.mode = st.cfg.mode;
+            opts.backlog = limits::listen_backlog;
             auto listening = ringsock::acceptor::listen(ctx, *ep, opts);
             if (!listening) {
                 std::fprintf(stderr, "http_server: cannot listen on %s: %s\n", st.cfg.path.c_str(),
