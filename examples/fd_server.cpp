@@ -2,9 +2,13 @@
 // read-only and answers "OK\n" carrying that one descriptor, or "ERR <reason>\n"
 // carrying none. Only peers with our uid (or one given with --allow-uid) are served,
 // checked with SO_PEERCRED; refused peers are logged with their pid and uid.
+// Limits: a connection with no request for --idle-timeout (default 60 s) is closed; at
+// --max-connections (default: RLIMIT_NOFILE minus a reserve, which also leaves room
+// for the files being opened) a new connection closes the one quiet longest.
 // SIGTERM/SIGINT: stop, remove the socket file, exit 0.
 //
 //   fd_server /tmp/files.sock /srv/files [--allow-uid UID]... [--mode OCTAL]
+//             [--idle-timeout SECONDS] [--max-connections N]
 //   fd_client /tmp/files.sock motd
 //   python3 -c 'import socket; s = socket.socket(socket.AF_UNIX); s.connect("/tmp/files.sock");
 //     s.send(b"motd\n"); msg, fds, _, _ = socket.recv_fds(s, 64, 1); print(msg, fds)'
@@ -23,6 +27,8 @@
 #include <string_view>
 #include <vector>
 
+#include "conn_limits.hpp"
+
 using namespace std::chrono_literals;
 using ringsock::task;
 
@@ -37,8 +43,8 @@ constexpr auto open_limit = 2s;
 struct server_state {
     int dir_fd = -1;
     std::vector<uid_t> allowed;
-    std::stop_source stop;  // cancels every connection's pending I/O
-    std::size_t connections = 0;
+    limits::process_limits lim;
+    limits::ring_connections* conns = nullptr;
 };
 
 /// The reply to one request: "OK\n" and a descriptor, or "ERR <reason>\n".
@@ -70,9 +76,9 @@ task<reply> open_request(ringsock::io_context& ctx, const server_state& st, std:
 }
 
 // One connection: many requests, one reply each.
-task<void> serve_client(ringsock::fd_stream sock, server_state& st) {
-    ++st.connections;
-    auto token = st.stop.get_token();
+// Its I/O takes the connection's token: idle timeout, shedding and shutdown cancel it.
+task<void> serve_client(ringsock::fd_stream sock, limits::connection& c, const server_state& st) {
+    auto token = c.token();
     auto cred = ringsock::peer_credentials(sock);
     bool allowed = false;
     if (cred) {
@@ -82,7 +88,6 @@ task<void> serve_client(ringsock::fd_stream sock, server_state& st) {
         if (cred) std::fprintf(stderr, "fd_server: refused peer pid %d uid %u\n", int(cred->pid), unsigned(cred->uid));
         else std::fprintf(stderr, "fd_server: refused peer: %s\n", cred.error().message().c_str());
         (void)co_await sock.write_all(std::string_view("ERR permission denied\n"), {token, 5s});
-        --st.connections;
         co_return;
     }
     // A request ends at "\n": read_until, not read_line, so a "\r" before it stays part of
@@ -100,6 +105,7 @@ task<void> serve_client(ringsock::fd_stream sock, server_state& st) {
             break;  // disconnect: the rest of the line is never read
         }
         if (!line) break;  // end of stream, error or cancelled
+        c.touch();
         reply r = co_await open_request(sock.context(), st, *line);
         if (r.fd) {
             auto w = co_await sock.send_fds(r.line, r.fd, token);
@@ -109,40 +115,36 @@ task<void> serve_client(ringsock::fd_stream sock, server_state& st) {
             ok = static_cast<bool>(w);
         }
     }
-    --st.connections;
 }
 
-task<void> accept_loop(ringsock::io_context& ctx, ringsock::acceptor& acc, server_state& st) {
-    for (;;) {
-        auto conn = co_await acc.accept(st.stop.get_token());
-        if (conn) {
-            ctx.spawn(serve_client(ringsock::fd_stream(std::move(*conn)), st));
-        } else if (conn.error() == std::errc::operation_canceled) {
-            co_return;
-        } else if (conn.error() == std::errc::too_many_files_open ||
-                   conn.error() == std::errc::too_many_files_open_in_system) {
-            std::fprintf(stderr, "fd_server: accept: %s; backing off\n", conn.error().message().c_str());
-            (void)co_await ringsock::sleep_for(ctx, 100ms);
-        } else {
-            std::fprintf(stderr, "fd_server: accept: %s\n", conn.error().message().c_str());
-            co_return;
-        }
-    }
+task<void> handle(ringsock::stream_socket s, const server_state& st, limits::ticket) {
+    limits::connection c(*st.conns);
+    if (!c.admitted()) co_return;  // closed at once: over the cap with nothing to shed, or stopping
+    co_await c.run(serve_client(ringsock::fd_stream(std::move(s)), c, st));
 }
 
 task<int> serve(ringsock::io_context& ctx, ringsock::acceptor& acc, ringsock::signal_set& signals,
                 server_state& st) {
-    ctx.spawn(accept_loop(ctx, acc, st));
+    limits::ring_connections conns(ctx, st.lim);
+    st.conns = &conns;
+    ringsock::scope accepting(ctx);
+    accepting.spawn(limits::accept_loop(
+        acc, st.lim, [&ctx]() -> ringsock::io_context& { return ctx; },
+        [&st](ringsock::stream_socket s, limits::ticket t) { return handle(std::move(s), st, std::move(t)); },
+        accepting.get_token(), "fd_server"));
     auto sig = co_await signals.wait();
     if (sig) std::fprintf(stderr, "fd_server: %s: shutting down\n", ::strsignal(*sig));
-    acc.close();              // stops accepting and removes the socket file
-    st.stop.request_stop();   // cancels the accept loop and every connection
-    while (st.connections > 0) (void)co_await ringsock::sleep_for(ctx, 1ms);
+    acc.close();  // stops accepting and removes the socket file
+    accepting.request_stop();
+    co_await accepting.join();
+    conns.stop_all();  // cancels every connection
+    while (st.lim.live.load() > 0) (void)co_await ringsock::sleep_for(ctx, 1ms);
     co_return 0;
 }
 
 [[noreturn]] void usage() {
-    std::fprintf(stderr, "usage: fd_server PATH DIR [--allow-uid UID]... [--mode OCTAL]\n");
+    std::fprintf(stderr, "usage: fd_server PATH DIR [--allow-uid UID]... [--mode OCTAL] [--idle-timeout SECONDS] "
+                         "[--max-connections N]\n");
     std::exit(2);
 }
 
@@ -161,6 +163,12 @@ int main(int argc, char** argv) {
             st.allowed.push_back(static_cast<uid_t>(u));
         } else if (std::strcmp(argv[i], "--mode") == 0 && i + 1 < argc) {
             mode = static_cast<mode_t>(std::strtoul(argv[++i], nullptr, 8));
+        } else if (double v = 0; std::strcmp(argv[i], "--idle-timeout") == 0 && i + 1 < argc &&
+                                 limits::parse_positive(argv[++i], v)) {
+            st.lim.idle_timeout = std::chrono::milliseconds(static_cast<long long>(v * 1000));
+        } else if (std::strcmp(argv[i], "--max-connections") == 0 && i + 1 < argc &&
+                   limits::parse_positive(argv[++i], v)) {
+            st.lim.max_connections = static_cast<long>(v);
         } else if (argv[i][0] == '-') {
             usage();
         } else {
@@ -186,6 +194,7 @@ int main(int argc, char** argv) {
         }
         ringsock::listen_options opts;
         opts.mode = mode;
+        opts.backlog = limits::listen_backlog;
         auto acc = ringsock::acceptor::listen(ctx, *ep, opts);
         if (!acc) {
             std::fprintf(stderr, "fd_server: cannot listen on %s: %s\n", path.c_str(), acc.error().message().c_str());

@@ -4,6 +4,7 @@
 // half-sent clients are timed out, so no client can hold up another.
 //
 //   http_server /tmp/api.sock [--idle-timeout SECONDS] [--mode OCTAL] [--max-body BYTES]
+//               [--threads N] [--max-connections N]
 //   curl --unix-socket /tmp/api.sock http://localhost/info
 //
 //   GET|HEAD /info   200 {"pid":…,"uid":…,"gid":…} of the connecting process (SO_PEERCRED)
@@ -11,6 +12,15 @@
 //   anything else    404 (405 for a known path with another method)
 // A HEAD request gets the headers a GET would get, Content-Length included, and no
 // body: for every route and every status, errors too.
+//
+// --threads N rings (default: one per CPU): the listener on ring 0 hands connections to
+// the rings in turn. An idle keep-alive connection waits for its next request with
+// read_some(buffer_ring), holding no buffer; the request parser's buffer exists only
+// while a request (and any pipelined behind it) is being read.
+// Limits: each request must arrive within --idle-timeout (default 5 s, one deadline
+// per request on the connection's timer); at --max-connections (default: RLIMIT_NOFILE
+// minus a reserve) a new connection makes its ring close the connection that has been
+// quiet longest, so a flood of idle or half-sent clients cannot keep others out.
 //
 // Under a service manager (systemd-socket-activate -l PATH http_server) PATH may be
 // omitted; READY=1 goes to NOTIFY_SOCKET when it is set. SIGTERM/SIGINT: stop
@@ -26,10 +36,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <exception>
+#include <future>
 #include <optional>
 #include <stop_token>
 #include <string>
 #include <string_view>
+
+#include "conn_limits.hpp"
 
 using namespace std::chrono_literals;
 using ringsock::task;
@@ -40,15 +54,23 @@ constexpr std::size_t max_request_line = 8 * 1024;
 constexpr std::size_t max_head = 16 * 1024;  // request line and all header lines
 constexpr std::size_t max_header_count = 100;
 
+// Per ring: idle connections hold none of these; a request being read holds one until
+// the parser has copied its bytes.
+constexpr unsigned ring_buffers = 256;
+constexpr std::size_t ring_buffer_size = 4096;
+
 struct config {
-    std::chrono::milliseconds idle_timeout = 5s;
     std::size_t max_body = 1024 * 1024;
+    std::string path;
+    mode_t mode = 0600;
+    std::size_t threads = 0;  // 0: one per CPU
 };
 
 struct server_state {
     config cfg;
-    std::stop_source stop;  // set on SIGTERM: idle connections close at once
-    std::size_t connections = 0;
+    limits::process_limits lim;  // idle_timeout is the per-request deadline here
+    ringsock::context_pool* pool = nullptr;
+    limits::ring_set* rings = nullptr;
 };
 
 struct response {
@@ -281,122 +303,237 @@ task<void> linger(ringsock::stream_socket& sock) {
     }
 }
 
-// One connection: requests in order until the client closes, asks to close, sends
-// something invalid, or goes quiet for longer than the idle timeout.
-task<void> serve_connection(ringsock::stream_socket sock, server_state& st) {
-    ++st.connections;
+// The request parser's byte source: first the bytes an idle read_some(ring) brought
+// (a lent buffer, given back as soon as they are copied), then the socket itself. So
+// buffered_stream's own buffer exists only while a request is being read.
+class seeded_stream {
+    using socket_read = decltype(std::declval<ringsock::stream_socket&>().read_some(
+        std::declval<std::span<std::byte>&>(), std::declval<ringsock::op_limits>()));
+
+public:
+    seeded_stream(ringsock::stream_socket& sock, ringsock::lent_buffer seed) noexcept
+        : sock_(&sock), seed_(std::move(seed)) {}
+    bool seeded() const noexcept { return !seed_.empty(); }
+
+    // Awaitable yielding io_result<std::size_t>: the seed's bytes at once, or a read.
+    class read_op {
+    public:
+        explicit read_op(std::size_t copied) noexcept : copied_(copied) {}
+        read_op(ringsock::stream_socket& s, std::span<std::byte> b, ringsock::op_limits lim)
+            : read_(std::in_place, start{s, b, std::move(lim)}) {}
+        bool await_ready() noexcept { return !read_ || read_->await_ready(); }
+        template <class H>
+        decltype(auto) await_suspend(H h) {
+            return read_->await_suspend(h);
+        }
+        ringsock::io_result<std::size_t> await_resume() {
+            if (!read_) return copied_;
+            return read_->await_resume();
+        }
+
+    private:
+        struct start {  // makes the (immovable) socket read in place
+            ringsock::stream_socket& s;
+            std::span<std::byte> b;
+            ringsock::op_limits lim;
+            operator socket_read() { return s.read_some(b, std::move(lim)); }
+        };
+        std::optional<socket_read> read_;
+        std::size_t copied_ = 0;
+    };
+
+    read_op read_some(std::span<std::byte> b, ringsock::op_limits lim) {
+        if (seed_.empty()) return read_op(*sock_, b, std::move(lim));
+        const std::size_t n = std::min(b.size(), seed_.size());
+        std::memcpy(b.data(), seed_.data(), n);
+        seed_.consume(n);
+        if (seed_.empty()) seed_.reset();  // back to the ring
+        return read_op(n);
+    }
+
+private:
+    ringsock::stream_socket* sock_;
+    ringsock::lent_buffer seed_;
+};
+
+// One request from `in`: head, body, response. False when the connection must close
+// (the client closes or asks to, sent something invalid, or was too slow).
+task<bool> serve_request(ringsock::stream_socket& sock, ringsock::buffered_stream<seeded_stream>& in,
+                         limits::connection& c, const server_state& st,
+                         const ringsock::io_result<ringsock::credentials>& peer) {
     const config& cfg = st.cfg;
-    const auto peer = ringsock::peer_credentials(sock);  // as of connect(): not spoofable
-    // Pipelined requests wait here; the largest head fits, so the buffer never grows.
-    ringsock::buffered_stream in(sock, max_head + 2, max_head + 2);
-    for (bool open = true; open && !st.stop.stop_requested();) {
-        // One deadline per request: a client that trickles bytes cannot stay forever.
-        auto deadline = std::chrono::steady_clock::now() + cfg.idle_timeout;
-        auto limits = [&] { return ringsock::op_limits(st.stop.get_token(), deadline - std::chrono::steady_clock::now()); };
-        auto send = [&](std::string wire) -> task<bool> {
-            auto w = co_await sock.write_all(wire, cfg.idle_timeout);
-            co_return w.has_value();
-        };
-        // TRICKY: responses are built in named variables, never as braced temporaries
-        // inside co_await (g++ 12 destroys those twice).
-        // Every response to a HEAD request, whatever its status, is headers only: a body
-        // would be read as the start of the next response on a kept-alive connection.
-        auto respond = [&](const response& r, const request& req, bool keep_alive) -> task<bool> {
-            std::string wire = serialize(r, keep_alive, req.http10, req.method == "HEAD");
-            co_return co_await send(std::move(wire));
-        };
+    const auto write_limit = st.lim.idle_timeout;
+    auto send = [&](std::string wire) -> task<bool> {
+        auto w = co_await sock.write_all(wire, write_limit);
+        co_return w.has_value();
+    };
+    // TRICKY: responses are built in named variables, never as braced temporaries
+    // inside co_await (g++ 12 destroys those twice).
+    // Every response to a HEAD request, whatever its status, is headers only: a body
+    // would be read as the start of the next response on a kept-alive connection.
+    auto respond = [&](const response& r, const request& req, bool keep_alive) -> task<bool> {
+        std::string wire = serialize(r, keep_alive, req.http10, req.method == "HEAD");
+        co_return co_await send(std::move(wire));
+    };
+    // The connection's timer ended the read (the request took longer than the deadline).
+    auto too_slow = [&](const std::error_code& ec) {
+        return ec == std::errc::timed_out || (ec == std::errc::operation_canceled && c.idle_expired());
+    };
 
-        // 1. The head: the request line, then header lines up to a blank one, gathered in
-        // `head` for parse_head. Empty lines before a request are ignored.
-        std::string head;
-        std::optional<response> failure;
-        for (;;) {
-            auto line = co_await in.read_until("\r\n", head.empty() ? max_request_line : max_head, limits());
-            if (!line) {
-                if (line.error() == ringsock::framing_errc::frame_too_long && head.empty())
-                    // 414 when it is the target that is long; anything else is malformed.
-                    failure = error(in.buffered().find(' ') < 32 ? 414 : 400, "request line too long");
-                else if (line.error() == ringsock::framing_errc::frame_too_long)
-                    failure = error(431, "request header fields too large");
-                else if (line.error() == std::errc::timed_out && !(head.empty() && in.buffered().empty()))
-                    failure = error(408, "request incomplete before the timeout");
-                else open = false;  // idle timeout, EOF, reset, or shutting down
-                break;
-            }
-            if (line->empty() && head.empty()) continue;
-            head.append(*line).append("\r\n");
-            if (head.size() > max_head) {
+    // 1. The head: the request line, then header lines up to a blank one, gathered in
+    // `head` for parse_head. Empty lines before a request are ignored.
+    std::string head;
+    std::optional<response> failure;
+    for (;;) {
+        auto line = co_await in.read_until("\r\n", head.empty() ? max_request_line : max_head, c.token());
+        if (!line) {
+            if (line.error() == ringsock::framing_errc::frame_too_long && head.empty())
+                // 414 when it is the target that is long; anything else is malformed.
+                failure = error(in.buffered().find(' ') < 32 ? 414 : 400, "request line too long");
+            else if (line.error() == ringsock::framing_errc::frame_too_long)
                 failure = error(431, "request header fields too large");
-                break;
-            }
-            if (line->empty()) break;  // the blank line ending the head
-        }
-        if (!open) break;
-        request req;
-        if (!failure) failure = parse_head(head, cfg, req);
-        if (failure) {
-            if (req.method.empty()) req.method = leading_method(head.empty() ? in.buffered() : head);
-            const response& r = *failure;
-            if (co_await respond(r, req, false)) co_await linger(sock);
+            else if (too_slow(line.error()) && !(head.empty() && in.buffered().empty()))
+                failure = error(408, "request incomplete before the timeout");
+            else co_return false;  // idle timeout, EOF, reset, shed, or shutting down
             break;
         }
-
-        // 2. The body: exactly Content-Length bytes.
-        if (req.expect_continue && req.content_length > in.buffered().size()) {
-            if (!co_await send("HTTP/1.1 100 Continue\r\n\r\n")) break;
-        }
-        std::string body(req.content_length, '\0');
-        auto got = co_await in.read_exact(body, limits());
-        if (!got) {
-            if (got.error() == std::errc::timed_out) {
-                response timeout = error(408, "request body incomplete before the timeout");
-                if (co_await respond(timeout, req, false)) co_await linger(sock);
-            }
+        if (line->empty() && head.empty()) continue;
+        head.append(*line).append("\r\n");
+        if (head.size() > max_head) {
+            failure = error(431, "request header fields too large");
             break;
         }
+        if (line->empty()) break;  // the blank line ending the head
+    }
+    request req;
+    if (!failure) failure = parse_head(head, cfg, req);
+    if (failure) {
+        if (req.method.empty()) req.method = leading_method(head.empty() ? in.buffered() : head);
+        const response& r = *failure;
+        if (co_await respond(r, req, false)) co_await linger(sock);
+        co_return false;
+    }
 
-        // 3. The response.
-        bool keep_alive = req.keep_alive && !st.stop.stop_requested();
-        response r = route(req, peer, std::move(body));
-        if (!co_await respond(r, req, keep_alive)) break;
-        open = keep_alive;
+    // 2. The body: exactly Content-Length bytes.
+    if (req.expect_continue && req.content_length > in.buffered().size()) {
+        if (!co_await send("HTTP/1.1 100 Continue\r\n\r\n")) co_return false;
+    }
+    std::string body(req.content_length, '\0');
+    auto got = co_await in.read_exact(body, c.token());
+    if (!got) {
+        if (too_slow(got.error())) {
+            response timeout = error(408, "request body incomplete before the timeout");
+            if (co_await respond(timeout, req, false)) co_await linger(sock);
+        }
+        co_return false;
+    }
+
+    // 3. The response, under a fresh deadline (the write has its own time limit).
+    c.touch();
+    bool keep_alive = req.keep_alive && !c.token().stop_requested();
+    response r = route(req, peer, std::move(body));
+    if (!co_await respond(r, req, keep_alive)) co_return false;
+    co_return keep_alive;
+}
+
+// One connection: requests in order until the client closes, asks to close, sends
+// something invalid, or does not complete a request within the deadline. Between
+// requests it waits holding no buffer.
+task<void> serve_connection(ringsock::stream_socket& sock, limits::connection& c, const server_state& st) {
+    const auto peer = ringsock::peer_credentials(sock);  // as of connect(): not spoofable
+    ringsock::buffer_ring& ring = st.rings->buffers(sock.context());
+    for (bool open = true; open;) {
+        // One deadline per request, from here: a client that trickles bytes cannot
+        // stay forever.
+        c.touch();
+        auto first = co_await sock.read_some(ring, c.token());
+        if (!first || first->empty()) break;  // idle timeout, EOF, reset, shed, or shutting down
+        // A request is arriving: read it, and any pipelined behind it, through a buffer
+        // that lives until the connection is idle again (a head may grow it to max_head).
+        seeded_stream src(sock, std::move(*first));
+        ringsock::buffered_stream in(src, ring_buffer_size, max_head + 2);
+        do {
+            open = co_await serve_request(sock, in, c, st, peer);
+            if (open) c.touch();  // the next pipelined request gets its own deadline
+        } while (open && (src.seeded() || !in.buffered().empty()));
     }
     (void)sock.shutdown(ringsock::shutdown_how::both);
-    --st.connections;
 }
 
-task<void> accept_loop(ringsock::io_context& ctx, ringsock::acceptor& acc, server_state& st) {
-    for (;;) {
-        auto conn = co_await acc.accept(st.stop.get_token());
-        if (conn) {
-            ctx.spawn(serve_connection(std::move(*conn), st));
-        } else if (conn.error() == std::errc::operation_canceled) {
-            co_return;
-        } else if (conn.error() == std::errc::too_many_files_open ||
-                   conn.error() == std::errc::too_many_files_open_in_system) {
-            std::fprintf(stderr, "http_server: accept: %s; backing off\n", conn.error().message().c_str());
-            (void)co_await ringsock::sleep_for(ctx, 100ms);
-        } else {
-            std::fprintf(stderr, "http_server: accept: %s\n", conn.error().message().c_str());
-            co_return;
-        }
-    }
+// Runs on the ring the connection was handed to.
+task<void> handle(ringsock::stream_socket sock, const server_state& st, limits::ticket) {
+    limits::connection c(st.rings->connections(sock.context()));
+    if (!c.admitted()) co_return;  // closed at once: over the cap with nothing to shed, or stopping
+    co_await c.run(serve_connection(sock, c, st));
 }
 
-task<int> serve(ringsock::io_context& ctx, ringsock::acceptor& acc, ringsock::signal_set& signals, server_state& st) {
-    ctx.spawn(accept_loop(ctx, acc, st));
+// The listener's ring (ring 0): serve until SIGTERM/SIGINT, then stop every connection's
+// reads and wait for them to finish. Yields the exit code.
+task<int> serve(server_state& st, ringsock::acceptor& acc, ringsock::signal_set& signals) {
+    ringsock::io_context& ctx = acc.context();
+    ringsock::scope accepting(ctx);
+    accepting.spawn(limits::accept_loop(
+        acc, st.lim, [&st]() -> ringsock::io_context& { return st.pool->next(); },
+        [&st](ringsock::stream_socket s, limits::ticket t) { return handle(std::move(s), st, std::move(t)); },
+        accepting.get_token(), "http_server"));
     if (auto ready = co_await ringsock::notify_ready(ctx, 5s); !ready)  // NOTIFY_SOCKET, if set
         std::fprintf(stderr, "http_server: %s: %s\n", ready.what(), ready.error().message().c_str());
     auto sig = co_await signals.wait();
     if (sig) std::fprintf(stderr, "http_server: %s: shutting down\n", ::strsignal(*sig));
-    st.stop.request_stop();  // ends accept_loop and every read in progress
-    acc.close();             // removes the socket file, unless it was activated
-    while (st.connections > 0) (void)co_await ringsock::sleep_for(ctx, 5ms);
+    accepting.request_stop();
+    acc.close();  // removes the socket file, unless it was activated
+    co_await accepting.join();
+    st.rings->stop_all();  // ends every read in progress; responses being written finish
+    while (st.lim.live.load() > 0) (void)co_await ringsock::sleep_for(ctx, 5ms);
     co_return 0;
 }
 
+// On ring 0: make the listener there, then serve. The exit code (or the exception)
+// goes to main's thread through `result`.
+task<void> run(server_state& st, std::vector<ringsock::activated_socket>* activated, std::promise<int>& result) {
+    try {
+        ringsock::io_context& ctx = (*st.pool)[0];
+        ringsock::signal_set signals(ctx, {SIGTERM, SIGINT});
+        ringsock::acceptor acc;
+        if (!activated->empty()) {
+            auto& s = activated->front();  // the first one; any others stay unused
+            if (s.type != SOCK_STREAM) {
+                std::fprintf(stderr, "http_server: the activated socket is not a stream socket\n");
+                result.set_value(1);
+                co_return;
+            }
+            acc = ringsock::acceptor::adopt(ctx, std::move(s.fd));
+            std::fprintf(stderr, "http_server: serving an activated socket (%s)\n", s.name.c_str());
+        } else {
+            auto ep = ringsock::endpoint::path(st.cfg.path);
+            if (!ep) {
+                std::fprintf(stderr, "http_server: %s: %s\n", st.cfg.path.c_str(), ep.error().message().c_str());
+                result.set_value(1);
+                co_return;
+            }
+            ringsock::listen_options opts;
+            opts.mode = st.cfg.mode;
+            opts.backlog = limits::listen_backlog;
+            auto listening = ringsock::acceptor::listen(ctx, *ep, opts);
+            if (!listening) {
+                std::fprintf(stderr, "http_server: cannot listen on %s: %s\n", st.cfg.path.c_str(),
+                             listening.error().message().c_str());
+                result.set_value(1);
+                co_return;
+            }
+            acc = std::move(*listening);
+            std::fprintf(stderr, "http_server: listening on %s\n", st.cfg.path.c_str());
+        }
+        const int code = co_await serve(st, acc, signals);
+        result.set_value(code);
+    } catch (...) {
+        result.set_exception(std::current_exception());
+    }
+}
+
 [[noreturn]] void usage() {
-    std::fprintf(stderr, "usage: http_server [PATH] [--idle-timeout SECONDS] [--mode OCTAL] [--max-body BYTES]\n");
+    std::fprintf(stderr, "usage: http_server [PATH] [--idle-timeout SECONDS] [--mode OCTAL] [--max-body BYTES] "
+                         "[--threads N] [--max-connections N]\n");
     std::exit(2);
 }
 
@@ -411,18 +548,21 @@ double number(const char* s) {
 
 int main(int argc, char** argv) {
     server_state st;
-    std::string path;
-    mode_t mode = 0600;
+    st.lim.idle_timeout = 5s;
     for (int i = 1; i < argc; ++i) {
         std::string_view a = argv[i];
         if (a == "--idle-timeout" && i + 1 < argc) {
-            st.cfg.idle_timeout = std::chrono::milliseconds(static_cast<long long>(number(argv[++i]) * 1000));
+            st.lim.idle_timeout = std::chrono::milliseconds(static_cast<long long>(number(argv[++i]) * 1000));
         } else if (a == "--max-body" && i + 1 < argc) {
             st.cfg.max_body = static_cast<std::size_t>(number(argv[++i]));
+        } else if (a == "--threads" && i + 1 < argc) {
+            st.cfg.threads = static_cast<std::size_t>(number(argv[++i]));
+        } else if (a == "--max-connections" && i + 1 < argc) {
+            st.lim.max_connections = static_cast<long>(number(argv[++i]));
         } else if (a == "--mode" && i + 1 < argc) {
-            mode = static_cast<mode_t>(std::strtoul(argv[++i], nullptr, 8));
-        } else if (path.empty() && !a.empty() && a[0] != '-') {
-            path = a;
+            st.cfg.mode = static_cast<mode_t>(std::strtoul(argv[++i], nullptr, 8));
+        } else if (st.cfg.path.empty() && !a.empty() && a[0] != '-') {
+            st.cfg.path = a;
         } else {
             usage();
         }
@@ -433,37 +573,16 @@ int main(int argc, char** argv) {
             std::fprintf(stderr, "http_server: %s: %s\n", activated.what(), activated.error().message().c_str());
             return 1;
         }
-        if (activated->empty() && path.empty()) usage();
-        ringsock::io_context ctx;
-        // Block the signals before anything else so none is delivered the default way.
-        ringsock::signal_set signals(ctx, {SIGTERM, SIGINT});
-        ringsock::acceptor acc;
-        if (!activated->empty()) {
-            auto& s = activated->front();  // the first one; any others stay unused
-            if (s.type != SOCK_STREAM) {
-                std::fprintf(stderr, "http_server: the activated socket is not a stream socket\n");
-                return 1;
-            }
-            acc = ringsock::acceptor::adopt(ctx, std::move(s.fd));
-            std::fprintf(stderr, "http_server: serving an activated socket (%s)\n", s.name.c_str());
-        } else {
-            auto ep = ringsock::endpoint::path(path);
-            if (!ep) {
-                std::fprintf(stderr, "http_server: %s: %s\n", path.c_str(), ep.error().message().c_str());
-                return 1;
-            }
-            ringsock::listen_options opts;
-            opts.mode = mode;
-            auto listening = ringsock::acceptor::listen(ctx, *ep, opts);
-            if (!listening) {
-                std::fprintf(stderr, "http_server: cannot listen on %s: %s\n", path.c_str(),
-                             listening.error().message().c_str());
-                return 1;
-            }
-            acc = std::move(*listening);
-            std::fprintf(stderr, "http_server: listening on %s\n", path.c_str());
-        }
-        return ctx.sync_wait(serve(ctx, acc, signals, st));
+        if (activated->empty() && st.cfg.path.empty()) usage();
+        // Block the signals before any ring's thread starts, so every thread inherits the
+        // mask and none is delivered the default way; ring 0's signal_set takes them.
+        limits::block_signals({SIGTERM, SIGINT});
+
+        ringsock::context_pool pool(st.cfg.threads);
+        limits::ring_set rings(pool, st.lim, ring_buffers, ring_buffer_size);
+        st.pool = &pool;
+        st.rings = &rings;
+        return limits::run_server(pool, rings, [&](std::promise<int>& result) { return run(st, &*activated, result); });
     } catch (const std::exception& e) {
         std::fprintf(stderr, "http_server: %s\n", e.what());
         return 1;

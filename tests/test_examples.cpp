@@ -627,3 +627,195 @@ TEST_CASE("echo_server: it takes over a stale socket file", "[examples][echo_ser
     CHECK(exited_with(server.wait_exit(5s), 0));
     CHECK_FALSE(exists(path));
 }
+
+// ---------------------------------------------------------------------------------
+// Rings (--threads) and limits (--idle-timeout, --max-connections, EMFILE back-off).
+
+namespace {
+
+/// No child process of this test program is left (every server was reaped).
+bool no_children_left() {
+    int st = 0;
+    return ::waitpid(-1, &st, WNOHANG) == -1 && errno == ECHILD;
+}
+
+/// True when the server has closed `fd` (end of stream or reset) within `limit`.
+bool closed_within(int fd, std::chrono::milliseconds limit) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(limit.count())) != 1) return false;
+    char b = 0;
+    return ::recv(fd, &b, 1, MSG_DONTWAIT) <= 0;
+}
+
+/// CPU time (user + system) the process has used so far.
+std::chrono::milliseconds cpu_time(pid_t pid) {
+    std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+    std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    auto rest = s.substr(s.rfind(')') + 2);  // fields from 3 (state) on
+    std::vector<std::string> fields;
+    std::size_t pos = 0;
+    while (pos < rest.size()) {
+        auto sp = rest.find(' ', pos);
+        fields.push_back(rest.substr(pos, sp - pos));
+        if (sp == std::string::npos) break;
+        pos = sp + 1;
+    }
+    const long ticks = std::stol(fields.at(11)) + std::stol(fields.at(12));  // utime, stime
+    return std::chrono::milliseconds(ticks * 1000 / ::sysconf(_SC_CLK_TCK));
+}
+
+}  // namespace
+
+TEST_CASE("echo_server: --threads 2 echoes byte-exact for 200 clients and drains on SIGTERM",
+          "[examples][echo_server][threads]") {
+    temp_dir dir;
+    std::string path = dir / "echo.sock";
+    {
+        auto server = start_echo_server(path, {"--threads", "2", "--grace", "10"});
+        constexpr int n = 200;
+        std::vector<fd_guard> clients;
+        for (int i = 0; i < n; ++i) clients.push_back(connect_client(path));
+        std::vector<std::vector<char>> msgs;
+        for (int i = 0; i < n; ++i) {
+            msgs.push_back(pattern(8192, static_cast<std::uint32_t>(1000 + i)));
+            REQUIRE(::send(clients[i].get(), msgs[i].data(), msgs[i].size(), MSG_NOSIGNAL) == 8192);
+        }
+        int ok = 0;
+        for (int i = 0; i < n; ++i) {
+            std::vector<char> back(8192);
+            ssize_t got = ::recv(clients[i].get(), back.data(), back.size(), MSG_WAITALL);
+            if (got == 8192 && back == msgs[i]) ++ok;
+        }
+        CHECK(ok == n);
+        // Large transfers on a few of them (more than one lent buffer each).
+        for (int i = 0; i < 4; ++i) CHECK_ECHO(clients[i].get(), pattern(1 << 20, static_cast<std::uint32_t>(i)));
+
+        // SIGTERM: the listener goes at once, open connections keep working through the
+        // grace period, and the server exits as soon as the last one has closed.
+        server.signal(SIGTERM);
+        CHECK(server.wait_for_stderr("shutting down", 5s));
+        for (int i = 0; i < 20; ++i) CHECK_ECHO(clients[i].get(), std::span<const char>(msgs[i]).first(100));
+        const auto closing = clock_type::now();
+        clients.clear();
+        auto st = server.wait_exit(5s);
+        INFO("stderr: " << server.stderr_text());
+        CHECK(exited_with(st, 0));
+        CHECK(clock_type::now() - closing < 5s);  // well before the 10 s grace period
+        CHECK(server.stderr_text().find("grace period over") == std::string::npos);
+        CHECK_FALSE(exists(path));
+    }
+    CHECK(no_children_left());
+}
+
+TEST_CASE("echo_server: --threads 2 cancels what is left after the grace period and exits 0",
+          "[examples][echo_server][threads]") {
+    temp_dir dir;
+    std::string path = dir / "echo.sock";
+    {
+        auto server = start_echo_server(path, {"--threads", "2", "--grace", "0.5"});
+        std::vector<fd_guard> clients;
+        for (int i = 0; i < 10; ++i) {
+            clients.push_back(connect_client(path));
+            CHECK_ECHO(clients.back().get(), std::span<const char>("x", 1));
+        }
+        server.signal(SIGINT);
+        auto st = server.wait_exit(5s);
+        INFO("stderr: " << server.stderr_text());
+        CHECK(exited_with(st, 0));
+        CHECK(server.stderr_text().find("cancelling 10 connection(s)") != std::string::npos);
+        for (auto& c : clients) CHECK(closed_within(c.get(), 1s));
+        CHECK_FALSE(exists(path));
+    }
+    CHECK(no_children_left());
+}
+
+TEST_CASE("echo_server: --idle-timeout closes exactly the idle connections", "[examples][echo_server][limits]") {
+    temp_dir dir;
+    std::string path = dir / "echo.sock";
+    {
+        auto server = start_echo_server(path, {"--threads", "2", "--idle-timeout", "1"});
+        std::vector<fd_guard> idle, busy;
+        for (int i = 0; i < 4; ++i) {
+            idle.push_back(connect_client(path));
+            busy.push_back(connect_client(path));
+        }
+        // The busy ones talk every 200 ms for 2.5 s; the idle ones never do.
+        const auto until = clock_type::now() + 2500ms;
+        while (clock_type::now() < until) {
+            for (auto& b : busy) CHECK_ECHO(b.get(), std::span<const char>("ping", 4));
+            std::this_thread::sleep_for(200ms);
+        }
+        for (auto& c : idle) CHECK(closed_within(c.get(), 2s));
+        for (auto& b : busy) CHECK_ECHO(b.get(), pattern(100'000, 11));
+        CHECK(server.running());
+    }
+    CHECK(no_children_left());
+}
+
+TEST_CASE("echo_server: at --max-connections a new client closes the longest-quiet one",
+          "[examples][echo_server][limits]") {
+    temp_dir dir;
+    std::string path = dir / "echo.sock";
+    {
+        auto server = start_echo_server(path, {"--threads", "1", "--max-connections", "4"});
+        std::vector<fd_guard> clients;
+        for (int i = 0; i < 4; ++i) {
+            clients.push_back(connect_client(path));
+            CHECK_ECHO(clients.back().get(), std::span<const char>("hi", 2));
+        }
+        // Client 0 was quiet longest once client 1 speaks again.
+        CHECK_ECHO(clients[0].get(), std::span<const char>("0", 1));
+        CHECK_ECHO(clients[1].get(), std::span<const char>("1", 1));
+        auto fresh = connect_client(path);
+        CHECK_ECHO(fresh.get(), pattern(50'000, 12));
+        CHECK(closed_within(clients[2].get(), 2s));  // the quietest: last active before 0 and 1 spoke
+        for (int i : {0, 1, 3}) CHECK_ECHO(clients[i].get(), std::span<const char>("still", 5));
+        CHECK(server.running());
+    }
+    CHECK(no_children_left());
+}
+
+TEST_CASE("echo_server: out of descriptors it backs off and keeps serving its clients",
+          "[examples][echo_server][limits]") {
+    const std::string prlimit = "/usr/bin/prlimit";
+    if (::access(prlimit.c_str(), X_OK) != 0) {
+        WARN("prlimit (util-linux) not installed: skipped");
+        return;
+    }
+    temp_dir dir;
+    std::string path = dir / "echo.sock";
+    {
+        // 48 descriptors and a cap above them: accept() runs into EMFILE.
+        auto server = child_process::spawn({prlimit, "--nofile=48:48", "--", example_path("echo_server"), path,
+                                            "--threads", "1", "--max-connections", "1000"});
+        REQUIRE(server.wait_for_stderr("listening on"));
+        auto old = connect_client(path);
+        CHECK_ECHO(old.get(), std::span<const char>("before", 6));
+        std::vector<fd_guard> flood;
+        for (int i = 0; i < 80; ++i) {
+            fd_guard fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+            socklen_t len = 0;
+            auto sa = address_of(path, len);
+            if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&sa), len) == 0) flood.push_back(std::move(fd));
+        }
+        CHECK(flood.size() > 48);
+        CHECK(server.wait_for_stderr("backing off", 5s));
+        // The server is out of descriptors: it keeps echoing for the client it has,
+        // without spinning on accept().
+        const auto cpu_before = cpu_time(server.pid());
+        const auto t0 = clock_type::now();
+        while (clock_type::now() - t0 < 1s) {
+            CHECK_ECHO(old.get(), pattern(10'000, 13));
+            std::this_thread::sleep_for(50ms);
+        }
+        const auto cpu = cpu_time(server.pid()) - cpu_before;
+        INFO("server CPU time over 1 s out of descriptors: " << cpu.count() << " ms");
+        CHECK(cpu < 500ms);
+        // Descriptors come back: new clients are accepted again.
+        flood.clear();
+        auto fresh = connect_client(path);
+        CHECK_ECHO(fresh.get(), pattern(10'000, 14));
+        CHECK(server.running());
+    }
+    CHECK(no_children_left());
+}

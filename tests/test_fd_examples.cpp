@@ -539,3 +539,87 @@ print(os.getpid())
     CHECK(log.wait(10s) == 0);
     CHECK(slurp(sb.at("log.err")).find("closed 2 descriptor(s)") != std::string::npos);
 }
+
+namespace {
+
+/// A blocking connection to `path` (5 s timeouts), or an empty one.
+unique_fd connect_to(const std::string& path) {
+    unique_fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
+    if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&sa), sizeof sa) != 0) return unique_fd();
+    timeval tv{5, 0};
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+/// A request for a missing file: the answer is one "ERR" line and no descriptor.
+bool ping(int fd) {
+    if (::send(fd, "nope\n", 5, MSG_NOSIGNAL) != 5) return false;
+    std::string line;
+    char c = 0;
+    while (line.empty() || line.back() != '\n') {
+        if (::recv(fd, &c, 1, 0) != 1) return false;
+        line += c;
+    }
+    return line.rfind("ERR ", 0) == 0;
+}
+
+/// True when the server closed `fd` within `limit`.
+bool closed_within(int fd, std::chrono::milliseconds limit) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(limit.count())) != 1) return false;
+    char b = 0;
+    return ::recv(fd, &b, 1, MSG_DONTWAIT) <= 0;
+}
+
+bool no_children_left() {
+    int st = 0;
+    return ::waitpid(-1, &st, WNOHANG) == -1 && errno == ECHILD;
+}
+
+}  // namespace
+
+TEST_CASE("fd_examples: fd_server --idle-timeout closes exactly the idle connections", "[fd_examples][limits]") {
+    {
+        sandbox sb;
+        fd_server_proc server(sb, {"--idle-timeout", "1"});
+        std::vector<unique_fd> idle, busy;
+        for (int i = 0; i < 3; ++i) {
+            idle.push_back(connect_to(server.sock));
+            busy.push_back(connect_to(server.sock));
+        }
+        const auto until = std::chrono::steady_clock::now() + 2500ms;
+        while (std::chrono::steady_clock::now() < until) {
+            for (auto& b : busy) CHECK(ping(b.get()));
+            std::this_thread::sleep_for(200ms);
+        }
+        for (auto& c : idle) CHECK(closed_within(c.get(), 2s));
+        for (auto& b : busy) CHECK(ping(b.get()));
+        server.p->signal(SIGTERM);
+        CHECK(server.p->wait() == 0);
+    }
+    CHECK(no_children_left());
+}
+
+TEST_CASE("fd_examples: fd_server at --max-connections closes the quietest connection for a new one", "[fd_examples][limits]") {
+    {
+        sandbox sb;
+        fd_server_proc server(sb, {"--max-connections", "3"});
+        std::vector<unique_fd> c;
+        for (int i = 0; i < 3; ++i) {
+            c.push_back(connect_to(server.sock));
+            CHECK(ping(c.back().get()));
+        }
+        CHECK(ping(c[0].get()));  // now c[1] has been quiet longest
+        auto fresh = connect_to(server.sock);
+        CHECK(ping(fresh.get()));
+        CHECK(closed_within(c[1].get(), 2s));
+        CHECK(ping(c[0].get()));
+        CHECK(ping(c[2].get()));
+        server.p->signal(SIGTERM);
+        CHECK(server.p->wait() == 0);
+    }
+    CHECK(no_children_left());
+}
