@@ -21,13 +21,19 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <ringsock/acceptor.hpp>
+#include <ringsock/context_pool.hpp>
+#include <ringsock/hand_off.hpp>
 #include <ringsock/io_context.hpp>
+#include <ringsock/post.hpp>
 #include <ringsock/stream_socket.hpp>
 #include <ringsock/task.hpp>
 
@@ -144,6 +150,50 @@ void accept_ringsock(burst_server& s) {
   ctx.run();
 }
 
+// ---------------------------------------------------------------------------
+// ringsock_pool: a context_pool of 2 rings; a task on ring 0 adopts the listener and
+// runs serve() (round robin), whose handler keeps the socket in its ring's list.  A
+// connection counts as accepted when its handler runs on its ring, so the lag
+// includes the hand-off.  At the end every ring empties its own list (sockets die on
+// their ring's thread) and the main thread stops the pool.  (Not the last ring to
+// finish: a stop() from a function posted to the ring's own loop leaves that loop
+// blocked in io_uring_enter, see the README.)
+struct pool_burst {
+  burst_server& s;
+  rs::context_pool& pool;
+  std::vector<std::vector<rs::stream_socket>> kept;  // by ring, touched on that ring only
+  std::atomic<std::size_t> accepted{0};
+  std::atomic<std::size_t> rings_cleared{0};
+};
+
+rs::task<void> pool_burst_listen(pool_burst& pb, rs::unique_fd lfd) {
+  rs::acceptor acc = rs::acceptor::adopt(pb.pool[0], std::move(lfd));
+  auto handler = [&pb](rs::stream_socket sock) -> rs::task<void> {
+    pb.kept[pb.pool.index_of(sock.context())].push_back(std::move(sock));
+    if (pb.accepted.fetch_add(1) + 1 != pb.s.n) co_return;
+    pb.s.all_accepted();  // blocks this ring until the parent ends the run
+    for (std::size_t r = 0; r < pb.pool.size(); ++r)
+      rs::post(pb.pool[r], [&pb, r] {
+        pb.kept[r].clear();
+        pb.rings_cleared.fetch_add(1);
+      });
+  };
+  co_await rs::serve(acc, pb.pool, handler);
+}
+
+void accept_ringsock_pool(burst_server& s) {
+  rs::context_pool pool(2);
+  pool_burst pb{s, pool, std::vector<std::vector<rs::stream_socket>>(pool.size()), {}, {}};
+  for (auto& k : pb.kept) k.reserve(s.n);
+  rs::spawn_on(pool[0], pool_burst_listen(pb, rs::unique_fd(s.listener.release())));
+  s.ready();  // the listener already listens: connections wait in its backlog until accepted
+  // Until every ring has dropped its sockets (or a ring failed and the pool stopped).
+  while (pb.rings_cleared.load() < pool.size() && !pool.stopping())
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  pool.stop();
+  pool.join();
+}
+
 using impl = impl_row<burst_server>;
 
 const impl impls[] = {
@@ -152,6 +202,8 @@ const impl impls[] = {
      accept_raw_uring_direct},
     {"epoll", "non-blocking listener, level-triggered epoll, accept4 until EAGAIN", accept_epoll},
     {"ringsock", "acceptor::accept() in a loop (today's public API, default io_context)", accept_ringsock},
+    {"ringsock_pool", "context_pool(2): serve() on ring 0 hands each connection round robin to a ring",
+     accept_ringsock_pool},
 };
 
 // ---------------------------------------------------------------------------
@@ -217,7 +269,7 @@ result run_cell(const impl& im, std::size_t n) {
 
 const char usage[] =
     "usage: accept_burst [--quick] [--json] [--impl NAME[,NAME]] [--n N|max] [--reps R]\n"
-    "  --impl   raw_uring, raw_uring_direct, epoll, ringsock (default: all)\n"
+    "  --impl   raw_uring, raw_uring_direct, epoll, ringsock, ringsock_pool (default: all)\n"
     "  --n      connections in the burst (default max = what RLIMIT_NOFILE allows,\n"
     "           less a few descriptors; quick 5000)\n"
     "  --reps   repetitions per implementation, interleaved (default 7, quick 3)\n"
