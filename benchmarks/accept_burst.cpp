@@ -25,6 +25,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <exception>
 #include <string>
 #include <thread>
 #include <vector>
@@ -235,7 +236,7 @@ struct result {
   std::string error;
 };
 
-result run_cell(const impl& im, std::size_t n) {
+result run_cell(const impl& im, std::size_t n, bool server_thread) {
   result res;
   temp_dir dir;
   const unix_addr addr(dir.path("listen.sock"));
@@ -245,7 +246,20 @@ result run_cell(const impl& im, std::size_t n) {
       raise_nofile();
       burst_server s(ctl, n, make_scale_listener(addr));
       const std::size_t fds0 = count_open_fds();
-      im.serve(s);
+      if (server_thread) {  // the main thread only waits (std::thread rethrows nothing: catch here)
+        std::exception_ptr error;
+        std::thread t([&] {
+          try {
+            im.serve(s);
+          } catch (...) {
+            error = std::current_exception();
+          }
+        });
+        t.join();
+        if (error) std::rethrow_exception(error);
+      } else {
+        im.serve(s);
+      }
       s.listener.reset();
       report_server_done(ctl, fds0 - 1);
     });
@@ -273,6 +287,8 @@ const char usage[] =
     "  --n      connections in the burst (default max = what RLIMIT_NOFILE allows,\n"
     "           less a few descriptors; quick 5000)\n"
     "  --reps   repetitions per implementation, interleaved (default 7, quick 3)\n"
+    "  --server-thread  run each server on a second thread of its process (the main\n"
+    "           thread only joins it), as a context_pool's rings run\n"
     "  --quick  the CI run\n"
     "  --json   one JSON object per implementation on stdout; the table goes to stderr\n";
 
@@ -281,11 +297,14 @@ const char usage[] =
 int main(int argc, char** argv) {
   std::string n_arg;
   std::size_t reps = 0;
+  bool server_thread = false;
   const common_options o = parse_common(argc, argv, usage, [&](const std::string& f, const auto& value) {
     if (f == "--n") {
       n_arg = value();
     } else if (f == "--reps") {
       reps = static_cast<std::size_t>(std::strtoull(value().c_str(), nullptr, 10));
+    } else if (f == "--server-thread") {
+      server_thread = true;
     } else {
       return false;
     }
@@ -313,13 +332,14 @@ int main(int argc, char** argv) {
     }
   std::fprintf(out.table(),
                "  N = %zu connections per burst (listen backlog %s), %zu repetitions per implementation,\n"
-               "  interleaved; lag = server's last accept - client's last connect (CLOCK_MONOTONIC)\n\n",
-               n, "min(65535, net.core.somaxconn)", reps);
+               "  interleaved; lag = server's last accept - client's last connect (CLOCK_MONOTONIC)%s\n\n",
+               n, "min(65535, net.core.somaxconn)", reps,
+               server_thread ? ";\n  every server runs on a second thread of its process (--server-thread)" : "");
   std::vector<std::vector<result>> results(chosen.size());
   for (std::size_t rep = 0; rep < reps; ++rep)
     for (std::size_t j = 0; j < chosen.size(); ++j) {
       const std::size_t k = (rep + j) % chosen.size();  // rotate who goes first
-      results[k].push_back(run_cell(*chosen[k], n));
+      results[k].push_back(run_cell(*chosen[k], n, server_thread));
     }
 
   std::fprintf(out.table(), "  %-16s %6s %12s %12s %12s %14s %5s\n", "impl", "N", "lag med us", "lag min us",
