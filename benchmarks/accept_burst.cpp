@@ -236,14 +236,25 @@ struct result {
   std::string error;
 };
 
-result run_cell(const impl& im, std::size_t n, bool server_thread) {
+// Grows the calling process's descriptor table to hold descriptor `top` now, by
+// dup2()ing stdin there and closing it.  A multi-threaded process pays an RCU grace
+// period (synchronize_rcu in expand_files) at every doubling of its table; a server
+// that does it at set-up pays none of them during a burst.
+void presize_fd_table(std::size_t top) {
+  const int hi = ::dup2(STDIN_FILENO, static_cast<int>(top));
+  if (hi < 0) throw_errno("dup2 (presizing the descriptor table)");
+  if (::close(hi) != 0) throw_errno("close");
+}
+
+result run_cell(const impl& im, std::size_t n, bool server_thread, bool presize_fds) {
   result res;
   temp_dir dir;
   const unix_addr addr(dir.path("listen.sock"));
   try {
     child cli("clients", [&](int ctl) { run_burst(ctl, addr, n); });
     child srv("server", [&](int ctl) {
-      raise_nofile();
+      const std::size_t limit = raise_nofile();
+      if (presize_fds) presize_fd_table(std::min(n + 16, limit - 1));
       burst_server s(ctl, n, make_scale_listener(addr));
       const std::size_t fds0 = count_open_fds();
       if (server_thread) {  // the main thread only waits (std::thread rethrows nothing: catch here)
@@ -289,6 +300,8 @@ const char usage[] =
     "  --reps   repetitions per implementation, interleaved (default 7, quick 3)\n"
     "  --server-thread  run each server on a second thread of its process (the main\n"
     "           thread only joins it), as a context_pool's rings run\n"
+    "  --presize-fds  grow each server's descriptor table to N + 16 before set-up\n"
+    "           (a multi-threaded process waits an RCU grace period at every doubling)\n"
     "  --quick  the CI run\n"
     "  --json   one JSON object per implementation on stdout; the table goes to stderr\n";
 
@@ -297,7 +310,7 @@ const char usage[] =
 int main(int argc, char** argv) {
   std::string n_arg;
   std::size_t reps = 0;
-  bool server_thread = false;
+  bool server_thread = false, presize_fds = false;
   const common_options o = parse_common(argc, argv, usage, [&](const std::string& f, const auto& value) {
     if (f == "--n") {
       n_arg = value();
@@ -305,6 +318,8 @@ int main(int argc, char** argv) {
       reps = static_cast<std::size_t>(std::strtoull(value().c_str(), nullptr, 10));
     } else if (f == "--server-thread") {
       server_thread = true;
+    } else if (f == "--presize-fds") {
+      presize_fds = true;
     } else {
       return false;
     }
@@ -332,14 +347,15 @@ int main(int argc, char** argv) {
     }
   std::fprintf(out.table(),
                "  N = %zu connections per burst (listen backlog %s), %zu repetitions per implementation,\n"
-               "  interleaved; lag = server's last accept - client's last connect (CLOCK_MONOTONIC)%s\n\n",
+               "  interleaved; lag = server's last accept - client's last connect (CLOCK_MONOTONIC)%s%s\n\n",
                n, "min(65535, net.core.somaxconn)", reps,
-               server_thread ? ";\n  every server runs on a second thread of its process (--server-thread)" : "");
+               server_thread ? ";\n  every server runs on a second thread of its process (--server-thread)" : "",
+               presize_fds ? ";\n  each server's descriptor table is grown to N + 16 before set-up (--presize-fds)" : "");
   std::vector<std::vector<result>> results(chosen.size());
   for (std::size_t rep = 0; rep < reps; ++rep)
     for (std::size_t j = 0; j < chosen.size(); ++j) {
       const std::size_t k = (rep + j) % chosen.size();  // rotate who goes first
-      results[k].push_back(run_cell(*chosen[k], n, server_thread));
+      results[k].push_back(run_cell(*chosen[k], n, server_thread, presize_fds));
     }
 
   std::fprintf(out.table(), "  %-16s %6s %12s %12s %12s %14s %5s\n", "impl", "N", "lag med us", "lag min us",
