@@ -21,13 +21,20 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <exception>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <ringsock/acceptor.hpp>
+#include <ringsock/context_pool.hpp>
+#include <ringsock/hand_off.hpp>
 #include <ringsock/io_context.hpp>
+#include <ringsock/post.hpp>
 #include <ringsock/stream_socket.hpp>
 #include <ringsock/task.hpp>
 
@@ -144,6 +151,50 @@ void accept_ringsock(burst_server& s) {
   ctx.run();
 }
 
+// ---------------------------------------------------------------------------
+// ringsock_pool: a context_pool of 2 rings; a task on ring 0 adopts the listener and
+// runs serve() (round robin), whose handler keeps the socket in its ring's list.  A
+// connection counts as accepted when its handler runs on its ring, so the lag
+// includes the hand-off.  At the end every ring empties its own list (sockets die on
+// their ring's thread) and the main thread stops the pool.  (Not the last ring to
+// finish: a stop() from a function posted to the ring's own loop leaves that loop
+// blocked in io_uring_enter, see the README.)
+struct pool_burst {
+  burst_server& s;
+  rs::context_pool& pool;
+  std::vector<std::vector<rs::stream_socket>> kept;  // by ring, touched on that ring only
+  std::atomic<std::size_t> accepted{0};
+  std::atomic<std::size_t> rings_cleared{0};
+};
+
+rs::task<void> pool_burst_listen(pool_burst& pb, rs::unique_fd lfd) {
+  rs::acceptor acc = rs::acceptor::adopt(pb.pool[0], std::move(lfd));
+  auto handler = [&pb](rs::stream_socket sock) -> rs::task<void> {
+    pb.kept[pb.pool.index_of(sock.context())].push_back(std::move(sock));
+    if (pb.accepted.fetch_add(1) + 1 != pb.s.n) co_return;
+    pb.s.all_accepted();  // blocks this ring until the parent ends the run
+    for (std::size_t r = 0; r < pb.pool.size(); ++r)
+      rs::post(pb.pool[r], [&pb, r] {
+        pb.kept[r].clear();
+        pb.rings_cleared.fetch_add(1);
+      });
+  };
+  co_await rs::serve(acc, pb.pool, handler);
+}
+
+void accept_ringsock_pool(burst_server& s) {
+  rs::context_pool pool(2);
+  pool_burst pb{s, pool, std::vector<std::vector<rs::stream_socket>>(pool.size()), {}, {}};
+  for (auto& k : pb.kept) k.reserve(s.n);
+  rs::spawn_on(pool[0], pool_burst_listen(pb, rs::unique_fd(s.listener.release())));
+  s.ready();  // the listener already listens: connections wait in its backlog until accepted
+  // Until every ring has dropped its sockets (or a ring failed and the pool stopped).
+  while (pb.rings_cleared.load() < pool.size() && !pool.stopping())
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  pool.stop();
+  pool.join();
+}
+
 using impl = impl_row<burst_server>;
 
 const impl impls[] = {
@@ -152,6 +203,8 @@ const impl impls[] = {
      accept_raw_uring_direct},
     {"epoll", "non-blocking listener, level-triggered epoll, accept4 until EAGAIN", accept_epoll},
     {"ringsock", "acceptor::accept() in a loop (today's public API, default io_context)", accept_ringsock},
+    {"ringsock_pool", "context_pool(2): serve() on ring 0 hands each connection round robin to a ring",
+     accept_ringsock_pool},
 };
 
 // ---------------------------------------------------------------------------
@@ -183,17 +236,41 @@ struct result {
   std::string error;
 };
 
-result run_cell(const impl& im, std::size_t n) {
+// Grows the calling process's descriptor table to hold descriptor `top` now, by
+// dup2()ing stdin there and closing it.  A multi-threaded process pays an RCU grace
+// period (synchronize_rcu in expand_files) at every doubling of its table; a server
+// that does it at set-up pays none of them during a burst.
+void presize_fd_table(std::size_t top) {
+  const int hi = ::dup2(STDIN_FILENO, static_cast<int>(top));
+  if (hi < 0) throw_errno("dup2 (presizing the descriptor table)");
+  if (::close(hi) != 0) throw_errno("close");
+}
+
+result run_cell(const impl& im, std::size_t n, bool server_thread, bool presize_fds) {
   result res;
   temp_dir dir;
   const unix_addr addr(dir.path("listen.sock"));
   try {
     child cli("clients", [&](int ctl) { run_burst(ctl, addr, n); });
     child srv("server", [&](int ctl) {
-      raise_nofile();
+      const std::size_t limit = raise_nofile();
+      if (presize_fds) presize_fd_table(std::min(n + 16, limit - 1));
       burst_server s(ctl, n, make_scale_listener(addr));
       const std::size_t fds0 = count_open_fds();
-      im.serve(s);
+      if (server_thread) {  // the main thread only waits (std::thread rethrows nothing: catch here)
+        std::exception_ptr error;
+        std::thread t([&] {
+          try {
+            im.serve(s);
+          } catch (...) {
+            error = std::current_exception();
+          }
+        });
+        t.join();
+        if (error) std::rethrow_exception(error);
+      } else {
+        im.serve(s);
+      }
       s.listener.reset();
       report_server_done(ctl, fds0 - 1);
     });
@@ -217,10 +294,14 @@ result run_cell(const impl& im, std::size_t n) {
 
 const char usage[] =
     "usage: accept_burst [--quick] [--json] [--impl NAME[,NAME]] [--n N|max] [--reps R]\n"
-    "  --impl   raw_uring, raw_uring_direct, epoll, ringsock (default: all)\n"
+    "  --impl   raw_uring, raw_uring_direct, epoll, ringsock, ringsock_pool (default: all)\n"
     "  --n      connections in the burst (default max = what RLIMIT_NOFILE allows,\n"
     "           less a few descriptors; quick 5000)\n"
     "  --reps   repetitions per implementation, interleaved (default 7, quick 3)\n"
+    "  --server-thread  run each server on a second thread of its process (the main\n"
+    "           thread only joins it), as a context_pool's rings run\n"
+    "  --presize-fds  grow each server's descriptor table to N + 16 before set-up\n"
+    "           (a multi-threaded process waits an RCU grace period at every doubling)\n"
     "  --quick  the CI run\n"
     "  --json   one JSON object per implementation on stdout; the table goes to stderr\n";
 
@@ -229,11 +310,16 @@ const char usage[] =
 int main(int argc, char** argv) {
   std::string n_arg;
   std::size_t reps = 0;
+  bool server_thread = false, presize_fds = false;
   const common_options o = parse_common(argc, argv, usage, [&](const std::string& f, const auto& value) {
     if (f == "--n") {
       n_arg = value();
     } else if (f == "--reps") {
       reps = static_cast<std::size_t>(std::strtoull(value().c_str(), nullptr, 10));
+    } else if (f == "--server-thread") {
+      server_thread = true;
+    } else if (f == "--presize-fds") {
+      presize_fds = true;
     } else {
       return false;
     }
@@ -261,13 +347,15 @@ int main(int argc, char** argv) {
     }
   std::fprintf(out.table(),
                "  N = %zu connections per burst (listen backlog %s), %zu repetitions per implementation,\n"
-               "  interleaved; lag = server's last accept - client's last connect (CLOCK_MONOTONIC)\n\n",
-               n, "min(65535, net.core.somaxconn)", reps);
+               "  interleaved; lag = server's last accept - client's last connect (CLOCK_MONOTONIC)%s%s\n\n",
+               n, "min(65535, net.core.somaxconn)", reps,
+               server_thread ? ";\n  every server runs on a second thread of its process (--server-thread)" : "",
+               presize_fds ? ";\n  each server's descriptor table is grown to N + 16 before set-up (--presize-fds)" : "");
   std::vector<std::vector<result>> results(chosen.size());
   for (std::size_t rep = 0; rep < reps; ++rep)
     for (std::size_t j = 0; j < chosen.size(); ++j) {
       const std::size_t k = (rep + j) % chosen.size();  // rotate who goes first
-      results[k].push_back(run_cell(*chosen[k], n));
+      results[k].push_back(run_cell(*chosen[k], n, server_thread, presize_fds));
     }
 
   std::fprintf(out.table(), "  %-16s %6s %12s %12s %12s %14s %5s\n", "impl", "N", "lag med us", "lag min us",

@@ -13,12 +13,17 @@
 // requests have been answered, then tear everything down and return) and add a row
 // to `impls` below.
 #include <fcntl.h>
+#include <malloc.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <new>
+#include <stop_token>
 #include <cstdio>
 #include <cstring>
 #include <span>
@@ -26,6 +31,7 @@
 #include <vector>
 
 #include <ringsock/acceptor.hpp>
+#include <ringsock/buffer_ring.hpp>
 #include <ringsock/io_context.hpp>
 #include <ringsock/stream_socket.hpp>
 #include <ringsock/task.hpp>
@@ -33,10 +39,79 @@
 #include "report.hpp"
 #include "scale_common.hpp"
 
+// ---------------------------------------------------------------------------
+// Where a server's per-connection heap goes: every global operator new and delete is
+// counted by the size of its malloc chunk (malloc_usable_size; g++ frees coroutine
+// frames with unsized deletes, so the requested size is not known at the delete), and
+// every new also by its requested size.  The server takes a snapshot when set up and
+// another when all N are answered; the difference / N is what each connection holds
+// ("operator new per conn" in the table).  Costs a malloc_usable_size and two relaxed
+// atomic adds per allocation and changes no memory figure.
+namespace alloc_count {
+constexpr std::size_t max_size = 8192;  // larger sizes share the last bucket
+std::atomic<long> live_by_usable[max_size + 1];  // news - deletes
+std::atomic<long> news_by_request[max_size + 1];  // news only
+inline std::size_t bucket(std::size_t n) noexcept { return n < max_size ? n : max_size; }
+}  // namespace alloc_count
+
+void* operator new(std::size_t n) {
+  void* p = std::malloc(n ? n : 1);
+  if (!p) throw std::bad_alloc();
+  alloc_count::news_by_request[alloc_count::bucket(n)].fetch_add(1, std::memory_order_relaxed);
+  alloc_count::live_by_usable[alloc_count::bucket(malloc_usable_size(p))].fetch_add(1, std::memory_order_relaxed);
+  return p;
+}
+void* operator new[](std::size_t n) { return ::operator new(n); }
+void operator delete(void* p) noexcept {
+  if (p) alloc_count::live_by_usable[alloc_count::bucket(malloc_usable_size(p))].fetch_sub(1, std::memory_order_relaxed);
+  std::free(p);
+}
+void operator delete[](void* p) noexcept { ::operator delete(p); }
+void operator delete(void* p, std::size_t) noexcept { ::operator delete(p); }
+void operator delete[](void* p, std::size_t) noexcept { ::operator delete(p); }
+
 namespace {
 
 using namespace bench;
 using namespace bench::scale;
+
+// A snapshot of the allocation counts, taken in place (no allocation, no stack).
+struct alloc_snapshot {
+  std::array<std::int32_t, alloc_count::max_size + 1> live{}, news{};
+  void take() noexcept {
+    for (std::size_t i = 0; i <= alloc_count::max_size; ++i) {
+      live[i] = static_cast<std::int32_t>(alloc_count::live_by_usable[i].load(std::memory_order_relaxed));
+      news[i] = static_cast<std::int32_t>(alloc_count::news_by_request[i].load(std::memory_order_relaxed));
+    }
+  }
+};
+// The server's two snapshots (set up, N answered): static, and both written before
+// the set-up memory sample, so their 64 KiB are part of the fixed cost.
+alloc_snapshot allocs_ready, allocs_loaded;
+
+// "1.00 x 944 B" per connection for the malloc chunk sizes of which at least one in
+// ten connections holds one more at `b` than at `a` (chunk = usable + 8 bytes of
+// glibc header, x86-64), then the requested sizes of the allocations made in between
+// ("new: 1.00 x 936 B"); and the live chunk bytes per connection over all sizes.
+std::string alloc_growth(const alloc_snapshot& a, const alloc_snapshot& b, std::size_t n, double& chunk_per_conn) {
+  auto list = [&](const auto& before, const auto& after, std::size_t extra, double* sum) {
+    std::string out;
+    for (std::size_t sz = 0; sz <= alloc_count::max_size; ++sz) {
+      const long d = after[sz] - before[sz];
+      if (d == 0) continue;
+      const double per = static_cast<double>(d) / static_cast<double>(n);
+      if (sum) *sum += per * static_cast<double>(sz + extra);
+      if (per < 0.1 && per > -0.1) continue;
+      char item[64];
+      std::snprintf(item, sizeof item, "%s%.2f x %zu%s", out.empty() ? "" : " + ", per, sz + extra,
+                    sz == alloc_count::max_size ? "+" : "");
+      out += item;
+    }
+    return out.empty() ? std::string("none") : out;
+  };
+  chunk_per_conn = 0;
+  return "chunks " + list(a.live, b.live, 8, &chunk_per_conn) + "; new " + list(a.news, b.news, 0, nullptr);
+}
 
 constexpr std::size_t request_size = 16;
 constexpr std::size_t reply_size = 16;
@@ -52,7 +127,10 @@ class idle_server {
 
   // Call once set up, before waiting for connections.
   void ready() {
+    allocs_loaded.take();  // touches its pages now
+    allocs_ready.take();
     base_ = self_memory();
+    allocs_ready.take();  // after self_memory(), whose streams allocate
     ctl_msg m;
     m.kind = ctl_msg::ready;
     put(m, base_);
@@ -63,7 +141,14 @@ class idle_server {
   void all_answered() {
     ctl_msg m;
     m.kind = ctl_msg::report;
+    allocs_loaded.take();  // before self_memory(), as above
     put(m, self_memory());
+    {
+      double chunk = 0;
+      const std::string detail = alloc_growth(allocs_ready, allocs_loaded, n, chunk);
+      m.v[4] = std::llround(chunk * 100);
+      std::snprintf(m.text, sizeof m.text, "%s", detail.c_str());
+    }
     ctl_send(ctl_, m);
     ctl_recv(ctl_, ctl_msg::exit_now, 600'000);
     teardown_start = now_ns();
@@ -256,8 +341,85 @@ void serve_ringsock_plain(idle_server& s) {
   if (st.answered < s.n) throw std::runtime_error("ringsock: the loop ended early");
 }  // ~io_context cancels the reads and destroys the coroutines (closing the sockets)
 
-// To add: ringsock_lent (a lent-buffer read: no buffer per idle connection).
-// void serve_ringsock_lent(idle_server& s);
+// ---------------------------------------------------------------------------
+// ringsock_lent: the same shape, but each connection's coroutine awaits
+// read_some(ring) on one shared buffer_ring (1024 x 4 KiB = 4 MiB, as the raw
+// floor's pool): an idle read holds no buffer, the kernel picks one when data comes.
+//
+// Shutting down: a buffer_ring must outlive every read that names it, and its
+// destructor needs the context alive, while ~io_context destroys spawned tasks only
+// after everything declared later is gone.  So the server ends its handlers first,
+// with the public API: every read carries a stop token; request_stop() cancels them
+// all, the handlers return, run() runs out of work, then the ring and the context go.
+// The teardown time covers all of that.
+struct lent_state {
+  idle_server& s;
+  rs::buffer_ring& ring;
+  std::stop_source stop;
+  std::size_t answered = 0;
+};
+
+rs::task<void> lent_handler(lent_state& st, rs::stream_socket sock) {
+  for (;;) {
+    {
+      auto got = co_await sock.read_some(st.ring, st.stop.get_token());
+      if (!got && got.error() == std::errc::operation_canceled && st.stop.stop_requested()) co_return;
+      if (got.value().empty()) co_return;  // end of stream (an error throws: the run fails)
+      if (got->size() != request_size) throw std::runtime_error("read_some(ring): partial request");
+    }  // the buffer goes back to the ring here
+    (co_await sock.write_all(std::span<const char>(reply_bytes, reply_size))).value();
+    if (++st.answered == st.s.n) {
+      st.s.all_answered();
+      st.stop.request_stop();  // cancels every read (and the accept) at once
+    }
+  }
+}
+
+rs::task<void> lent_accept_loop(lent_state& st, rs::io_context& ctx, rs::acceptor acc) {
+  for (;;) {
+    auto sock = co_await acc.accept(st.stop.get_token());
+    if (!sock && sock.error() == std::errc::operation_canceled && st.stop.stop_requested()) co_return;
+    ctx.spawn(lent_handler(st, std::move(sock.value())));
+  }
+}
+
+// Passes every buffer of `ring` through the kernel once (16 bytes into each, over a
+// socketpair), so its pages are touched at set-up like the raw floor's pool.
+rs::task<void> touch_ring(rs::io_context& ctx, rs::buffer_ring& ring) {
+  auto pair = rs::stream_socket::pair(ctx).value();
+  for (unsigned i = 0; i < ring.count(); ++i) {
+    (co_await pair.second.write_all(std::span<const char>(reply_bytes, reply_size))).value();
+    auto got = (co_await pair.first.read_some(ring)).value();
+    if (got.size() != reply_size) throw std::runtime_error("touch_ring: short read");
+    std::memset(got.data(), 0, ring.buffer_size());  // the whole buffer, not just 16 bytes
+  }
+}
+
+void serve_ringsock_lent(idle_server& s) {
+  rs::io_context::options opts;
+  opts.entries = ring_entries;
+  rs::io_context ctx(opts);
+  rs::buffer_ring ring(ctx, 1024, 4096);
+  ctx.sync_wait(touch_ring(ctx, ring));
+  lent_state st{s, ring, {}};
+  ctx.spawn(lent_accept_loop(st, ctx, rs::acceptor::adopt(ctx, rs::unique_fd(s.listener.release()))));
+  s.ready();
+  // Runs until every handler has returned (after request_stop()).  If one throws, the
+  // others are stopped too and run on until they are gone: the ring may not go first.
+  std::exception_ptr error;
+  for (;;) {
+    try {
+      ctx.run();
+      break;
+    } catch (...) {
+      if (!error) error = std::current_exception();
+      st.stop.request_stop();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+  if (st.answered < s.n) throw std::runtime_error("ringsock: the loop ended early");
+  if (ring.lent() != 0) throw std::runtime_error("ringsock: buffers still lent at the end");
+}
 
 using impl = impl_row<idle_server>;
 
@@ -267,6 +429,8 @@ const impl impls[] = {
     {"epoll", "non-blocking fds, level-triggered epoll, one shared 64 KiB buffer, 4 B per connection", serve_epoll},
     {"ringsock_plain", "acceptor loop + one coroutine per connection, read_some into a 4 KiB buffer in its frame",
      serve_ringsock_plain},
+    {"ringsock_lent", "acceptor loop + one coroutine per connection, read_some(ring) on one shared 4 MiB buffer_ring",
+     serve_ringsock_lent},
 };
 
 // ---------------------------------------------------------------------------
@@ -300,6 +464,8 @@ struct result {
   slab_sample slab0, slab1;         // machine-wide, around the connections
   double seconds = 0;               // first connect to last reply
   double teardown_s = 0;            // server: from the end of the run until all is closed
+  double alloc_chunk = 0;    // server: malloc chunk bytes live per connection from operator new
+  std::string alloc_detail;  // ... by size
   std::string error;
 };
 
@@ -333,7 +499,10 @@ result run_cell(const impl& im, std::size_t n) {
     ctl_msg go;
     go.kind = ctl_msg::go;
     ctl_send(cli.ctl(), go);
-    res.loaded = idle_server::get(ctl_recv(srv.ctl(), ctl_msg::report, 120'000, cli.ctl()));
+    const ctl_msg loaded = ctl_recv(srv.ctl(), ctl_msg::report, 120'000, cli.ctl());
+    res.loaded = idle_server::get(loaded);
+    res.alloc_chunk = static_cast<double>(loaded.v[4]) / 100;
+    res.alloc_detail.assign(loaded.text, strnlen(loaded.text, sizeof loaded.text));
     const ctl_msg cdone = ctl_recv(cli.ctl(), ctl_msg::done, 120'000, srv.ctl());
     res.seconds = static_cast<double>(cdone.t_ns - t0) * 1e-9;
     res.slab1 = slab_memory();
@@ -364,7 +533,7 @@ double per_conn(std::int64_t after, std::int64_t before, std::size_t n) {
 
 const char usage[] =
     "usage: idle_conns [--quick] [--json] [--impl NAME[,NAME]] [--n N[,N|max]...]\n"
-    "  --impl   raw_uring_floor, epoll, ringsock_plain (default: all)\n"
+    "  --impl   raw_uring_floor, epoll, ringsock_plain, ringsock_lent (default: all)\n"
     "  --n      connection counts (default 1000,10000,max; quick 1000,2500); max = what\n"
     "           RLIMIT_NOFILE allows (hard limit, less a few descriptors)\n"
     "  --slab-detail  also list the slab caches that grew most per connection\n"
@@ -398,6 +567,13 @@ int main(int argc, char** argv) {
                "  (/proc/slabinfo, machine-wide) / N, both ends of each connection, approximate (other\n"
                "  processes allocate too); RLIMIT_NOFILE %zu\n\n",
                limit);
+  std::fprintf(out.table(),
+               "  ringsock sizes: stream_socket %zu B, lent_receive_op (read_some(ring)) %zu B, transfer_op\n"
+               "  (read_some(buf), write_all) %zu B, acceptor %zu B; \"operator new per conn\" = malloc chunks\n"
+               "  (request + 8 B header, rounded to 16) of global operator new still live per connection\n"
+               "  (coroutine frames and anything else), by chunk size, then the requested sizes of the news\n\n",
+               sizeof(rs::stream_socket), sizeof(rs::detail::lent_receive_op), sizeof(rs::detail::transfer_op),
+               sizeof(rs::acceptor));
   std::fprintf(out.table(), "  %-16s %6s %10s %10s %10s %10s %10s %11s %8s %10s\n", "impl", "N", "rss B/conn",
                "anon B/c", "pss B/c", "heap B/c", "fixed KiB", "kernel B/c", "conn s", "teardown s");
   bool failed = false;
@@ -423,6 +599,9 @@ int main(int argc, char** argv) {
         std::snprintf(teardown, sizeof teardown, "%.3f", r.teardown_s);
       std::fprintf(out.table(), "  %-16s %6zu %10.0f %10.0f %10.0f %10.0f %10.0f %11.0f %8.2f %10s\n", r.impl.c_str(), n,
                    rss, anon, pss, heap, fixed_kib, kern, r.seconds, teardown);
+      if (r.alloc_chunk >= 1)
+        std::fprintf(out.table(), "      operator new per conn: %.0f B in malloc chunks: %s\n", r.alloc_chunk,
+                     r.alloc_detail.c_str());
       if (slab_detail) std::fprintf(out.table(), "      slab growth B/conn: %s\n", slab_growth(r.slab0, r.slab1, n, 8).c_str());
       std::fflush(out.table());
       out.json("\"workload\": \"idle_conns\", \"impl\": " + json_string(r.impl) + ", \"n\": " + std::to_string(n) +
@@ -430,6 +609,8 @@ int main(int argc, char** argv) {
                ", \"anon_per_conn\": " + json_number(anon) + ", \"pss_per_conn\": " + json_number(pss) +
                ", \"heap_per_conn\": " + json_number(heap) + ", \"fixed_rss_bytes\": " +
                std::to_string(r.ready.rss - r.start.rss) + ", \"kernel_slab_per_conn_approx\": " + json_number(kern) +
+               ", \"new_chunk_bytes_per_conn\": " + json_number(r.alloc_chunk) +
+               ", \"new_by_size\": " + json_string(r.alloc_detail) +
                ", \"seconds\": " + json_number(r.seconds) + ", \"teardown_seconds\": " + json_number(r.teardown_s) +
                ", \"teardown_killed_after_s\": " + (std::isnan(r.teardown_s) ? std::to_string(teardown_limit_s) : "null") +
                ", \"rlimit_nofile\": " + std::to_string(limit) +

@@ -34,6 +34,14 @@
 #include <utility>
 #include <vector>
 
+#include <ringsock/acceptor.hpp>
+#include <ringsock/context_pool.hpp>
+#include <ringsock/hand_off.hpp>
+#include <ringsock/io_context.hpp>
+#include <ringsock/post.hpp>
+#include <ringsock/stream_socket.hpp>
+#include <ringsock/task.hpp>
+
 #include "report.hpp"
 #include "scale_common.hpp"
 
@@ -327,8 +335,47 @@ void serve_raw_uring(scale_server& s) {
   });
 }
 
-// To add: ringsock (a pool of io_contexts, one per thread, once the pool API exists).
-// void serve_ringsock_pool(scale_server& s);
+// ---------------------------------------------------------------------------
+// ringsock_pool / ringsock_pool_ll: a context_pool of s.threads rings; a task on
+// ring 0 adopts the listener and runs serve(), which accepts and hands each
+// connection to a ring (round robin, or least loaded) where the handler runs:
+// read_exact 64 bytes into its frame, the work, write_all, until the client closes.
+// The last connection to close stops the pool.
+namespace rs = ringsock;
+
+rs::task<void> pool_listen(rs::context_pool& pool, rs::unique_fd lfd, scale_server& s, rs::distribution how,
+                           std::atomic<std::size_t>& closed) {
+  rs::acceptor acc = rs::acceptor::adopt(pool[0], std::move(lfd));
+  auto handler = [&s, &pool, &closed](rs::stream_socket sock) -> rs::task<void> {
+    std::array<char, msg_size> buf;
+    for (;;) {
+      auto got = co_await sock.read_exact(buf);
+      if (!got) {
+        const std::error_code ec = got.error();
+        if (ec != rs::errc::end_of_stream && ec != std::errc::connection_reset) got.value();  // throws
+        break;
+      }
+      s.work();
+      auto sent = co_await sock.write_all(std::span<const char>(reply_bytes, msg_size));
+      if (!sent && sent.error() != std::errc::broken_pipe && sent.error() != std::errc::connection_reset)
+        sent.value();  // throws; a closed client is seen by the next read
+    }
+    sock.close();
+    if (closed.fetch_add(1) + 1 == s.conns) pool.stop();
+  };
+  co_await rs::serve(acc, pool, handler, how);
+}
+
+void serve_ringsock(scale_server& s, rs::distribution how) {
+  rs::context_pool pool(s.threads);
+  std::atomic<std::size_t> closed{0};
+  rs::spawn_on(pool[0], pool_listen(pool, rs::unique_fd(s.listener.release()), s, how, closed));
+  s.ready();  // the listener already listens: connections wait in its backlog until accepted
+  pool.join();  // until the last connection closed (or a ring failed: rethrown)
+}
+
+void serve_ringsock_pool(scale_server& s) { serve_ringsock(s, rs::distribution::round_robin); }
+void serve_ringsock_pool_ll(scale_server& s) { serve_ringsock(s, rs::distribution::least_loaded); }
 
 using impl = impl_row<scale_server>;
 
@@ -336,6 +383,9 @@ const impl impls[] = {
     {"epoll", "an epoll per thread; thread 0 accepts and epoll_ctl-adds fds round-robin", serve_epoll},
     {"raw_uring", "a ring per thread; thread 0's multishot ACCEPT hands fds round-robin by MSG_RING; multishot RECV",
      serve_raw_uring},
+    {"ringsock_pool", "context_pool; serve() on ring 0 hands connections round robin; read_exact, work, write_all",
+     serve_ringsock_pool},
+    {"ringsock_pool_ll", "the same with distribution::least_loaded", serve_ringsock_pool_ll},
 };
 
 // ---------------------------------------------------------------------------
@@ -448,7 +498,7 @@ result run_cell(const impl& im, unsigned threads, std::size_t conns, std::uint64
 const char usage[] =
     "usage: server_scale [--quick] [--json] [--impl NAME[,NAME]] [--threads T[,T]] [--duration S]\n"
     "                    [--reps R] [--conns N] [--work-us US]\n"
-    "  --impl      epoll, raw_uring (default: all)\n"
+    "  --impl      epoll, raw_uring, ringsock_pool, ringsock_pool_ll (default: all)\n"
     "  --threads   server thread counts (default 1,2)\n"
     "  --duration  measured seconds per run, after a warm-up (default 2, quick 0.4)\n"
     "  --reps      runs per cell, interleaved; the median is reported (default 3, quick 1)\n"
@@ -496,7 +546,7 @@ int main(int argc, char** argv) {
   for (const auto& im : impls)
     if (o.wants(im.name)) {
       chosen.push_back(&im);
-      std::fprintf(out.table(), "  %-10s %s\n", im.name, im.description);
+      std::fprintf(out.table(), "  %-16s %s\n", im.name, im.description);
     }
   std::fprintf(out.table(),
                "  %zu connections, one %zu B message in flight on each; the server spends %.1f us of CPU per\n"
@@ -518,7 +568,7 @@ int main(int argc, char** argv) {
       c.runs.push_back(run_cell(*c.im, c.threads, conns, iters, warmup, duration));
     }
 
-  std::fprintf(out.table(), "  %-10s %7s %10s %9s %13s %13s %14s\n", "impl", "threads", "msgs/s", "x1thread",
+  std::fprintf(out.table(), "  %-16s %7s %10s %9s %13s %13s %14s\n", "impl", "threads", "msgs/s", "x1thread",
                "server cores", "client cores", "server us/msg");
   bool failed = false;
   for (const cell& c : cells) {
@@ -543,7 +593,7 @@ int main(int argc, char** argv) {
         base = median(br);
       }
     const double m = median(rate), ratio = m / base;
-    std::fprintf(out.table(), "  %-10s %7u %10.0f %9.2f %13.2f %13.2f %14.2f", c.im->name, c.threads, m, ratio,
+    std::fprintf(out.table(), "  %-16s %7u %10.0f %9.2f %13.2f %13.2f %14.2f", c.im->name, c.threads, m, ratio,
                  median(sc), median(cc), median(us));
     if (!error.empty()) {
       failed = true;
