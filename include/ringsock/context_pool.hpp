@@ -9,6 +9,11 @@
 // connection. Accept on one ring and hand connections to the others instead.
 #pragma once
 
+#include <fcntl.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <barrier>
@@ -39,11 +44,13 @@ namespace ringsock {
 class context_pool {
 public:
     /// Starts `threads` rings (0: one per CPU). Throws std::system_error naming the step
-    /// if a ring cannot be set up (then no thread is left running).
+    /// if a ring cannot be set up (then no thread is left running). First grows the
+    /// process's descriptor table to RLIMIT_NOFILE (see grow_descriptor_table).
     explicit context_pool(std::size_t threads = 0, io_context::options opts = {})
         : size_(threads ? threads : std::max(1u, std::thread::hardware_concurrency())),
           slots_(new slot[size_]),
           phase_(static_cast<std::ptrdiff_t>(size_)) {
+        grow_descriptor_table();
         for (std::size_t i = 0; i < size_; ++i) slots_[i].thread = std::thread([this, i, opts] { thread_main(i, opts); });
         std::unique_lock lock(mu_);
         started_cv_.wait(lock, [&] { return started_ == size_; });
@@ -118,6 +125,21 @@ public:
     }
 
 private:
+    /// TRICKY: in a multi-threaded process every doubling of the descriptor table waits
+    /// for an RCU grace period (expand_files -> synchronize_rcu), milliseconds each; a
+    /// burst of accepts then lags 8-16 ms behind the last connect (benchmarks/accept_burst).
+    /// Grow it once, now, to the soft RLIMIT_NOFILE (at most 65,536 slots: 512 KiB).
+    static void grow_descriptor_table() noexcept {
+        rlimit rl{};
+        if (::getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur < 2) return;
+        const rlim_t top = std::min<rlim_t>(rl.rlim_cur, 65536) - 1;
+        const int probe = ::eventfd(0, EFD_CLOEXEC);
+        if (probe < 0) return;
+        const int high = ::fcntl(probe, F_DUPFD_CLOEXEC, static_cast<int>(top));
+        if (high >= 0) ::close(high);
+        ::close(probe);
+    }
+
     struct slot {
         io_context* ctx = nullptr;
         std::atomic<long> load{0};
