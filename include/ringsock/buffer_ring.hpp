@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <memory>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
@@ -32,11 +33,12 @@ class buffer_ring;
 
 namespace detail {
 class lent_receive_op;
+struct buffer_ring_core;
 }
 
 /// One buffer of a buffer_ring, lent to the caller. Move-only; returns to its ring
-/// when destroyed or reset(). Use and drop it on the ring's loop thread, before the
-/// buffer_ring goes.
+/// when destroyed or reset(). Use and drop it on the ring's loop thread; it stays valid
+/// after its buffer_ring is destroyed (the memory goes with the last lent buffer).
 class lent_buffer {
 public:
     lent_buffer() noexcept = default;
@@ -80,20 +82,69 @@ public:
     inline void reset() noexcept;
 
 private:
-    friend class buffer_ring;
-    lent_buffer(buffer_ring* r, std::byte* d, std::size_t n, std::uint16_t id) noexcept
+    friend struct detail::buffer_ring_core;
+    lent_buffer(detail::buffer_ring_core* r, std::byte* d, std::size_t n, std::uint16_t id) noexcept
         : ring_(r), data_(d), size_(n), id_(id) {}
-    buffer_ring* ring_ = nullptr;
+    detail::buffer_ring_core* ring_ = nullptr;
     std::byte* data_ = nullptr;
     std::size_t size_ = 0;
     std::uint16_t id_ = 0;
 };
 
+namespace detail {
+
+/// What a buffer_ring's buffers, reads and lent buffers share. It outlives the
+/// buffer_ring handle while any read still names it or any buffer is still lent, and
+/// frees itself when the last one goes (so destruction order never matters).
+struct buffer_ring_core {
+    io_context* ctx = nullptr;
+    io_uring_buf_ring* br = nullptr;
+    std::byte* pool = nullptr;
+    std::size_t size = 0;
+    std::size_t ring_bytes = 0;
+    std::size_t pool_bytes = 0;
+    unsigned count = 0;
+    unsigned lent = 0;
+    unsigned users = 0;
+    std::uint16_t group = 0;
+    bool closed = false;  // the buffer_ring handle is gone: nothing is given back to the kernel
+    lent_receive_op* starved_head = nullptr;
+    lent_receive_op* starved_tail = nullptr;
+    lent_receive_op* users_head = nullptr;
+
+    ~buffer_ring_core() {
+        if (pool) ::munmap(pool, pool_bytes);
+        if (br) ::munmap(br, ring_bytes);
+    }
+    std::byte* buffer(std::uint16_t id) const noexcept { return pool + std::size_t{id} * size; }
+    /// The kernel picked buffer `id` for `n` bytes: it is the caller's now.
+    inline lent_buffer lend(std::uint16_t id, std::size_t n) noexcept;
+    /// A completion named a buffer nobody will use (end of stream, a cancelled
+    /// coroutine): straight back.
+    void give_back(std::uint16_t id) noexcept {
+        ++lent;
+        put_back(id);
+    }
+    inline void put_back(std::uint16_t id) noexcept;
+    // Receives that found the ring empty wait here for a buffer to come back.
+    inline void starve(lent_receive_op* op) noexcept;
+    inline void unstarve(lent_receive_op* op) noexcept;
+    // Every read naming the ring, so closing it can cancel them.
+    inline void attach(lent_receive_op* op) noexcept;
+    inline void detach(lent_receive_op* op) noexcept;
+    void free_if_orphaned() noexcept {
+        if (closed && lent == 0 && users == 0) delete this;
+    }
+};
+
+}  // namespace detail
+
 /// A pool of `count` buffers of `size` bytes each, registered with `ctx`'s ring
 /// (IORING_REGISTER_PBUF_RING, Linux 5.19). Create, use and destroy it on the loop's
-/// thread. It must outlive every receive that names it and every lent_buffer it lent:
-/// destroying it earlier aborts with a message (the kernel or the caller would write
-/// into freed memory).
+/// thread, before its io_context goes. Destroying it while reads still name it cancels
+/// them (they end with operation_canceled, or with the data that won the race); buffers
+/// still lent stay valid until dropped. So it may be destroyed before the spawned tasks
+/// that read from it (which the io_context destroys last).
 ///
 /// Exhaustion: when every buffer is lent out, a receive that finds data gets ENOBUFS
 /// from the kernel without consuming anything; it then waits (under its own time limit
@@ -103,56 +154,47 @@ public:
     /// `count` is rounded up to a power of two (at most 32768). Throws std::system_error
     /// naming the step: the mapping, or the registration (EINVAL on kernels without
     /// provided buffer rings).
-    buffer_ring(io_context& ctx, unsigned count, std::size_t size) : ctx_(&ctx), size_(size) {
+    buffer_ring(io_context& ctx, unsigned count, std::size_t size) {
         if (count == 0 || count > 32768 || size == 0 || size > (std::size_t{1} << 31))
             throw std::system_error(std::make_error_code(std::errc::invalid_argument),
                                     "buffer_ring: count must be 1..32768 and size 1..2 GiB");
-        count_ = 1;
-        while (count_ < count) count_ <<= 1;
-        ring_bytes_ = count_ * sizeof(io_uring_buf);
-        void* r = ::mmap(nullptr, ring_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        auto c = std::make_unique<detail::buffer_ring_core>();
+        c->ctx = &ctx;
+        c->size = size;
+        c->count = 1;
+        while (c->count < count) c->count <<= 1;
+        c->ring_bytes = c->count * sizeof(io_uring_buf);
+        void* r = ::mmap(nullptr, c->ring_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (r == MAP_FAILED) detail::throw_errno(errno, "buffer_ring: mmap (ring)");
-        br_ = static_cast<io_uring_buf_ring*>(r);
-        pool_bytes_ = count_ * size_;
-        void* p = ::mmap(nullptr, pool_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (p == MAP_FAILED) {
-            const int e = errno;
-            ::munmap(br_, ring_bytes_);
-            detail::throw_errno(e, "buffer_ring: mmap (buffers)");
-        }
-        pool_ = static_cast<std::byte*>(p);
-        group_ = next_group();
+        c->br = static_cast<io_uring_buf_ring*>(r);
+        c->pool_bytes = c->count * size;
+        void* p = ::mmap(nullptr, c->pool_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) detail::throw_errno(errno, "buffer_ring: mmap (buffers)");
+        c->pool = static_cast<std::byte*>(p);
+        c->group = next_group();
         io_uring_buf_reg reg{};
-        reg.ring_addr = reinterpret_cast<std::uint64_t>(br_);
-        reg.ring_entries = count_;
-        reg.bgid = group_;
-        io_uring_buf_ring_init(br_);
-        if (int rc = io_uring_register_buf_ring(ctx.native_handle(), &reg, 0); rc < 0) {
-            ::munmap(pool_, pool_bytes_);
-            ::munmap(br_, ring_bytes_);
+        reg.ring_addr = reinterpret_cast<std::uint64_t>(c->br);
+        reg.ring_entries = c->count;
+        reg.bgid = c->group;
+        io_uring_buf_ring_init(c->br);
+        if (int rc = io_uring_register_buf_ring(ctx.native_handle(), &reg, 0); rc < 0)
             detail::throw_errno(-rc, "buffer_ring: io_uring_register_buf_ring");
-        }
-        for (unsigned i = 0; i < count_; ++i)
-            io_uring_buf_ring_add(br_, pool_ + std::size_t{i} * size_, static_cast<unsigned>(size_),
-                                  static_cast<unsigned short>(i), io_uring_buf_ring_mask(count_), static_cast<int>(i));
-        io_uring_buf_ring_advance(br_, static_cast<int>(count_));
+        for (unsigned i = 0; i < c->count; ++i)
+            io_uring_buf_ring_add(c->br, c->buffer(static_cast<std::uint16_t>(i)), static_cast<unsigned>(size),
+                                  static_cast<unsigned short>(i), io_uring_buf_ring_mask(c->count), static_cast<int>(i));
+        io_uring_buf_ring_advance(c->br, static_cast<int>(c->count));
+        core_ = c.release();
     }
     buffer_ring(const buffer_ring&) = delete;
     buffer_ring& operator=(const buffer_ring&) = delete;
-    ~buffer_ring() {
-        if (lent_ != 0 || users_ != 0)
-            detail::fatal("buffer_ring destroyed while buffers are lent or receives still name it");
-        (void)io_uring_unregister_buf_ring(ctx_->native_handle(), group_);
-        ::munmap(pool_, pool_bytes_);
-        ::munmap(br_, ring_bytes_);
-    }
+    inline ~buffer_ring();
 
     /// Number of buffers (the requested count rounded up to a power of two).
-    unsigned count() const noexcept { return count_; }
+    unsigned count() const noexcept { return core_->count; }
     /// Size of each buffer: the most one receive returns.
-    std::size_t buffer_size() const noexcept { return size_; }
+    std::size_t buffer_size() const noexcept { return core_->size; }
     /// Buffers handed to callers as lent_buffers right now.
-    unsigned lent() const noexcept { return lent_; }
+    unsigned lent() const noexcept { return core_->lent; }
     /// Buffers the kernel can still pick (IORING_REGISTER_PBUF_STATUS, Linux 6.8;
     /// errors: EINVAL on older kernels). For tests and monitoring: a syscall each.
     io_result<unsigned> available() const noexcept {
@@ -160,20 +202,20 @@ public:
             std::uint32_t buf_group;
             std::uint32_t head;
             std::uint32_t resv[8];
-        } status{group_, 0, {}};
+        } status{core_->group, 0, {}};
         constexpr unsigned register_pbuf_status = 26;
-        const long rc = ::syscall(__NR_io_uring_register, ctx_->native_handle()->ring_fd, register_pbuf_status, &status, 1);
+        const long rc =
+            ::syscall(__NR_io_uring_register, core_->ctx->native_handle()->ring_fd, register_pbuf_status, &status, 1);
         if (rc < 0) return {std::error_code(errno, std::generic_category()), "buffer_ring: IORING_REGISTER_PBUF_STATUS"};
-        const auto tail = io_uring_smp_load_acquire(&br_->tail);
+        const auto tail = io_uring_smp_load_acquire(&core_->br->tail);
         return static_cast<unsigned>(static_cast<std::uint16_t>(tail - static_cast<std::uint16_t>(status.head)));
     }
     /// The buffer group id the ring is registered under (sqe->buf_group).
-    std::uint16_t group() const noexcept { return group_; }
+    std::uint16_t group() const noexcept { return core_->group; }
     /// The context whose ring the buffers are registered with.
-    io_context& context() const noexcept { return *ctx_; }
+    io_context& context() const noexcept { return *core_->ctx; }
 
 private:
-    friend class lent_buffer;
     friend class detail::lent_receive_op;
 
     static std::uint16_t next_group() noexcept {
@@ -181,42 +223,21 @@ private:
         return next.fetch_add(1, std::memory_order_relaxed);
     }
 
-    /// The kernel picked buffer `id` for `n` bytes: it is the caller's now.
-    lent_buffer lend(std::uint16_t id, std::size_t n) noexcept {
-        ++lent_;
-        return lent_buffer(this, pool_ + std::size_t{id} * size_, n, id);
-    }
-    /// A completion named a buffer nobody will use (end of stream, a cancelled
-    /// coroutine): straight back.
-    void give_back(std::uint16_t id) noexcept {
-        ++lent_;
-        put_back(id);
-    }
-    inline void put_back(std::uint16_t id) noexcept;
-
-    // Receives that found the ring empty wait here for a buffer to come back.
-    inline void starve(detail::lent_receive_op* op) noexcept;
-    inline void unstarve(detail::lent_receive_op* op) noexcept;
-
-    io_context* ctx_;
-    io_uring_buf_ring* br_ = nullptr;
-    std::byte* pool_ = nullptr;
-    std::size_t size_;
-    std::size_t ring_bytes_ = 0;
-    std::size_t pool_bytes_ = 0;
-    unsigned count_ = 0;
-    unsigned lent_ = 0;
-    unsigned users_ = 0;
-    std::uint16_t group_ = 0;
-    detail::lent_receive_op* starved_head_ = nullptr;
-    detail::lent_receive_op* starved_tail_ = nullptr;
+    detail::buffer_ring_core* core_ = nullptr;
 };
 
 inline void lent_buffer::reset() noexcept {
     data_ = nullptr;  // the bytes go back with the buffer
     size_ = 0;
-    if (buffer_ring* r = std::exchange(ring_, nullptr)) r->put_back(id_);
+    if (detail::buffer_ring_core* r = std::exchange(ring_, nullptr)) r->put_back(id_);
 }
+
+namespace detail {
+inline lent_buffer buffer_ring_core::lend(std::uint16_t id, std::size_t n) noexcept {
+    ++lent;
+    return lent_buffer(this, buffer(id), n, id);
+}
+}  // namespace detail
 
 }  // namespace ringsock
 

@@ -24,10 +24,10 @@ class lent_receive_op final : public operation {
 public:
     lent_receive_op(io_context& ctx, int fd, socket_state* st, buffer_ring& ring, bool message, const char* what,
                     const op_limits& lim) noexcept
-        : operation(ctx, lim), fd_(fd), ring_(&ring), message_(message), what_(what) {
+        : operation(ctx, lim), fd_(fd), ring_(ring.core_), message_(message), what_(what) {
         attach(st, &st->recv_gate);
         submit_late_ = true;
-        ++ring.users_;
+        ring_->attach(this);
     }
     lent_receive_op(const lent_receive_op&) = delete;
     lent_receive_op& operator=(const lent_receive_op&) = delete;
@@ -37,7 +37,16 @@ public:
         // Completed with a buffer that never reached the caller (coroutine destroyed
         // before it resumed): the buffer goes back, or the ring would shrink for good.
         if (!taken_ && !waiting_ && (cqe_flags_ & IORING_CQE_F_BUFFER)) ring_->give_back(buffer_id());
-        --ring_->users_;
+        ring_->detach(this);  // last: may free the core of a destroyed buffer_ring
+    }
+
+    bool await_ready() noexcept {
+        if (ring_->closed) {  // its buffer_ring was destroyed before the read began
+            res_ = -ECANCELED;
+            state_ = op_state::done;
+            return true;
+        }
+        return operation::await_ready();
     }
 
     void prepare(io_uring_sqe* sqe) noexcept override {
@@ -46,9 +55,9 @@ public:
             return;
         }
         // On message sockets MSG_TRUNC makes the result the message's full length.
-        io_uring_prep_recv(sqe, fd_, nullptr, static_cast<unsigned>(ring_->buffer_size()), message_ ? MSG_TRUNC : 0);
+        io_uring_prep_recv(sqe, fd_, nullptr, static_cast<unsigned>(ring_->size), message_ ? MSG_TRUNC : 0);
         sqe->flags |= IOSQE_BUFFER_SELECT;
-        sqe->buf_group = ring_->group();
+        sqe->buf_group = ring_->group;
     }
 
     bool on_complete() noexcept override {
@@ -85,9 +94,9 @@ public:
                 return lent_buffer{};
             }
             const auto full = static_cast<std::size_t>(res_);
-            if (message_ && full > ring_->buffer_size()) {
+            if (message_ && full > ring_->size) {
                 // The part that fit is the caller's; the rest of the message is gone.
-                return {ring_->lend(buffer_id(), ring_->buffer_size()), make_error_code(errc::message_truncated), what_};
+                return {ring_->lend(buffer_id(), ring_->size), make_error_code(errc::message_truncated), what_};
             }
             return ring_->lend(buffer_id(), full);
         }
@@ -108,12 +117,17 @@ public:
     lent_receive_op* starved_next_ = nullptr;
     lent_receive_op* starved_prev_ = nullptr;
     bool starved_ = false;
+    lent_receive_op* user_next_ = nullptr;
+    lent_receive_op* user_prev_ = nullptr;
+
+    /// The buffer_ring is being destroyed: end this read (see ~buffer_ring).
+    void cancel_for_close() noexcept { ctx_->request_cancel(this); }
 
 private:
     std::uint16_t buffer_id() const noexcept { return static_cast<std::uint16_t>(cqe_flags_ >> IORING_CQE_BUFFER_SHIFT); }
 
     int fd_;
-    buffer_ring* ring_;
+    buffer_ring_core* ring_;
     bool message_;
     bool waiting_ = false;  // the request in flight is the wait for a buffer, not the receive
     bool taken_ = false;
@@ -126,35 +140,71 @@ private:
 
 namespace ringsock {
 
-inline void buffer_ring::put_back(std::uint16_t id) noexcept {
-    --lent_;
-    io_uring_buf_ring_add(br_, pool_ + std::size_t{id} * size_, static_cast<unsigned>(size_), id,
-                          io_uring_buf_ring_mask(count_), 0);
-    io_uring_buf_ring_advance(br_, 1);
-    if (detail::lent_receive_op* op = starved_head_) {
-        unstarve(op);
-        op->wake();
+namespace detail {
+
+inline void buffer_ring_core::put_back(std::uint16_t id) noexcept {
+    --lent;
+    if (!closed) {
+        io_uring_buf_ring_add(br, buffer(id), static_cast<unsigned>(size), id, io_uring_buf_ring_mask(count), 0);
+        io_uring_buf_ring_advance(br, 1);
+        if (lent_receive_op* op = starved_head) {
+            unstarve(op);
+            op->wake();
+        }
     }
+    free_if_orphaned();
 }
 
-inline void buffer_ring::starve(detail::lent_receive_op* op) noexcept {
+inline void buffer_ring_core::starve(lent_receive_op* op) noexcept {
     if (op->starved_) return;
     op->starved_ = true;
     op->starved_next_ = nullptr;
-    op->starved_prev_ = starved_tail_;
-    if (starved_tail_) starved_tail_->starved_next_ = op;
-    else starved_head_ = op;
-    starved_tail_ = op;
+    op->starved_prev_ = starved_tail;
+    if (starved_tail) starved_tail->starved_next_ = op;
+    else starved_head = op;
+    starved_tail = op;
 }
 
-inline void buffer_ring::unstarve(detail::lent_receive_op* op) noexcept {
+inline void buffer_ring_core::unstarve(lent_receive_op* op) noexcept {
     if (!op->starved_) return;
     op->starved_ = false;
     if (op->starved_prev_) op->starved_prev_->starved_next_ = op->starved_next_;
-    else starved_head_ = op->starved_next_;
+    else starved_head = op->starved_next_;
     if (op->starved_next_) op->starved_next_->starved_prev_ = op->starved_prev_;
-    else starved_tail_ = op->starved_prev_;
+    else starved_tail = op->starved_prev_;
     op->starved_next_ = op->starved_prev_ = nullptr;
+}
+
+inline void buffer_ring_core::attach(lent_receive_op* op) noexcept {
+    ++users;
+    op->user_prev_ = nullptr;
+    op->user_next_ = users_head;
+    if (users_head) users_head->user_prev_ = op;
+    users_head = op;
+}
+
+inline void buffer_ring_core::detach(lent_receive_op* op) noexcept {
+    --users;
+    if (op->user_prev_) op->user_prev_->user_next_ = op->user_next_;
+    else users_head = op->user_next_;
+    if (op->user_next_) op->user_next_->user_prev_ = op->user_prev_;
+    op->user_next_ = op->user_prev_ = nullptr;
+    free_if_orphaned();
+}
+
+}  // namespace detail
+
+inline buffer_ring::~buffer_ring() {
+    detail::buffer_ring_core* c = core_;
+    c->closed = true;
+    // Nothing the kernel holds points into the buffers once it no longer knows the
+    // group: a read that has not picked a buffer yet can never pick one now.
+    (void)io_uring_unregister_buf_ring(c->ctx->native_handle(), c->group);
+    // Reads still naming the ring end (a completion that already won keeps its data);
+    // their frames may live on (spawned tasks die with the io_context), so the core
+    // stays until the last of them and the last lent buffer are gone.
+    for (detail::lent_receive_op* op = c->users_head; op; op = op->user_next_) op->cancel_for_close();
+    c->free_if_orphaned();
 }
 
 }  // namespace ringsock
