@@ -307,14 +307,16 @@ TEST_CASE("buffer_ring: destroying the ring cancels reads that name it, even spa
         REQUIRE(p);
         auto q = stream_socket::pair(ctx);
         REQUIRE(q);
+        // Outlives the inner block: the coroutines resume after the ring is gone and still
+        // read the lambda's captures.
+        auto reader = [&cancelled](stream_socket& s, buffer_ring& ring) -> task<void> {
+            auto r = co_await s.read_some(ring);  // `ring` is not touched after this
+            if (!r && r.error() == std::errc::operation_canceled) ++cancelled;
+        };
         {
             buffer_ring ring(ctx, 8, 4096);
-            auto reader = [&](stream_socket& s) -> task<void> {
-                auto r = co_await s.read_some(ring);
-                if (!r && r.error() == std::errc::operation_canceled) ++cancelled;
-            };
-            ctx.spawn(reader(p->first));  // armed, then orphaned by the ring's destruction
-            ctx.spawn(reader(q->first));
+            ctx.spawn(reader(p->first, ring));  // armed, then orphaned by the ring's destruction
+            ctx.spawn(reader(q->first, ring));
             for (int i = 0; i < 3; ++i) ctx.poll();
         }  // ~buffer_ring: both reads cancelled, the core waits for them
         ctx.run();  // they resume with operation_canceled
