@@ -49,6 +49,34 @@ struct alive_count {
     ~alive_count() { alive.fetch_sub(1); }
 };
 
+// A listener on ring 0 of `pool` serving with serve(): made on that ring's thread, and
+// closed there by stop() (before the pool stops).
+template <class Handler>
+struct pool_listener {
+    context_pool& pool;
+    std::unique_ptr<acceptor> listener;
+
+    pool_listener(context_pool& p, const endpoint& ep, Handler handler, distribution how = distribution::round_robin)
+        : pool(p) {
+        std::promise<void> listening;
+        post(pool[0], [&] {
+            auto a = acceptor::listen(pool[0], ep);
+            if (a) listener = std::make_unique<acceptor>(std::move(*a));
+            if (listener) pool[0].spawn(serve(*listener, pool, handler, how));
+            listening.set_value();
+        });
+        listening.get_future().get();
+    }
+    void stop() {
+        std::promise<void> closed;
+        post(pool[0], [&] {
+            listener.reset();
+            closed.set_value();
+        });
+        closed.get_future().get();
+    }
+};
+
 }  // namespace
 
 TEST_CASE("pool: every ring runs on its own thread and the kernel has MSG_RING for waking them", "[pool]") {
@@ -197,7 +225,6 @@ TEST_CASE("pool: serve() spreads connections round robin over the rings", "[pool
     fd_leak_guard guard;
     const endpoint ep = ringsock::test::unique_abstract("pool-serve");
     context_pool pool(2);
-    std::promise<void> listening;
     std::atomic<int> on_ring[2] = {0, 0};
     auto handler = [&pool, &on_ring](stream_socket s) -> task<void> {
         const std::size_t i = pool.index_of(s.context());
@@ -210,15 +237,8 @@ TEST_CASE("pool: serve() spreads connections round robin over the rings", "[pool
             if (!w) co_return;
         }
     };
-    std::unique_ptr<acceptor> listener;
-    post(pool[0], [&] {
-        auto a = acceptor::listen(pool[0], ep);
-        if (a) listener = std::make_unique<acceptor>(std::move(*a));
-        if (listener) pool[0].spawn(serve(*listener, pool, handler));
-        listening.set_value();
-    });
-    listening.get_future().get();
-    REQUIRE(listener);
+    pool_listener served(pool, ep, handler);
+    REQUIRE(served.listener);
     std::vector<unique_fd> clients;
     for (int i = 0; i < 64; ++i) {
         clients.push_back(ringsock::test::raw_connect(ep));
@@ -234,12 +254,7 @@ TEST_CASE("pool: serve() spreads connections round robin over the rings", "[pool
     CHECK(eventually([&] { return pool.load(0) == 32 && pool.load(1) == 32; }));
     clients.clear();
     CHECK(eventually([&] { return pool.load(0) == 0 && pool.load(1) == 0; }));
-    std::promise<void> closed;
-    post(pool[0], [&] {
-        listener.reset();
-        closed.set_value();
-    });
-    closed.get_future().get();
+    served.stop();
     pool.stop();
     pool.join();
 }
@@ -248,21 +263,13 @@ TEST_CASE("pool: least_loaded sends new connections to the ring holding fewer", 
     fd_leak_guard guard;
     const endpoint ep = ringsock::test::unique_abstract("pool-least");
     context_pool pool(2);
-    std::promise<void> listening;
     auto handler = [](stream_socket s) -> task<void> {
         std::array<char, 16> buf{};
         auto n = co_await s.read_some(buf);  // until the client closes
         (void)n;
     };
-    std::unique_ptr<acceptor> listener;
-    post(pool[0], [&] {
-        auto a = acceptor::listen(pool[0], ep);
-        if (a) listener = std::make_unique<acceptor>(std::move(*a));
-        if (listener) pool[0].spawn(serve(*listener, pool, handler, distribution::least_loaded));
-        listening.set_value();
-    });
-    listening.get_future().get();
-    REQUIRE(listener);
+    pool_listener served(pool, ep, handler, distribution::least_loaded);
+    REQUIRE(served.listener);
     std::vector<unique_fd> clients;
     for (int i = 0; i < 10; ++i) {
         clients.push_back(ringsock::test::raw_connect(ep));
@@ -282,12 +289,7 @@ TEST_CASE("pool: least_loaded sends new connections to the ring holding fewer", 
     CHECK(pool.load(0) == 5);  // all five new ones went to the emptied ring
     CHECK(pool.load(1) == 5);
     clients.clear();
-    std::promise<void> closed;
-    post(pool[0], [&] {
-        listener.reset();
-        closed.set_value();
-    });
-    closed.get_future().get();
+    served.stop();
     pool.stop();
     pool.join();
 }
@@ -307,16 +309,8 @@ TEST_CASE("pool: hand-offs racing the client's close neither leak nor hang", "[p
         }
         finished.fetch_add(1);
     };
-    std::unique_ptr<acceptor> listener;
-    std::promise<void> listening;
-    post(pool[0], [&] {
-        auto a = acceptor::listen(pool[0], ep);
-        if (a) listener = std::make_unique<acceptor>(std::move(*a));
-        if (listener) pool[0].spawn(serve(*listener, pool, handler));
-        listening.set_value();
-    });
-    listening.get_future().get();
-    REQUIRE(listener);
+    pool_listener served(pool, ep, handler);
+    REQUIRE(served.listener);
     constexpr int rounds = 500;
     for (int i = 0; i < rounds; ++i) {
         unique_fd c = ringsock::test::raw_connect(ep);
@@ -327,12 +321,7 @@ TEST_CASE("pool: hand-offs racing the client's close neither leak nor hang", "[p
     }
     CHECK(eventually([&] { return finished.load() == rounds; }));
     CHECK(eventually([&] { return pool.load(0) == 0 && pool.load(1) == 0; }));
-    std::promise<void> closed;
-    post(pool[0], [&] {
-        listener.reset();
-        closed.set_value();
-    });
-    closed.get_future().get();
+    served.stop();
     pool.stop();
     pool.join();
 }
