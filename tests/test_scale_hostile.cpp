@@ -151,8 +151,12 @@ TEST_CASE("hostile buffer_ring: a starved read on a registered socket waits with
     opts.register_after = 1;  // every socket takes a registered-file slot at once
     io_context ctx(opts);
     buffer_ring ring(ctx, 1, 64);
-    auto [a, b] = make_pair(ctx);
-    auto [c, d] = make_pair(ctx);
+    auto pab = make_pair(ctx);  // named: clang 14 cannot capture structured bindings
+    auto& a = pab.first;
+    auto& b = pab.second;
+    auto pcd = make_pair(ctx);  // named: clang 14 cannot capture structured bindings
+    auto& c = pcd.first;
+    auto& d = pcd.second;
     raw_send(b, "held");
     std::string got;
     std::chrono::microseconds cpu{};
@@ -336,7 +340,9 @@ TEST_CASE("hostile buffer_ring: a lent_buffer kept across co_awaits and moved an
     fd_leak_guard guard;
     io_context ctx;
     buffer_ring ring(ctx, 2, 64);
-    auto [a, b] = make_pair(ctx);
+    auto pab = make_pair(ctx);  // named: clang 14 cannot capture structured bindings
+    auto& a = pab.first;
+    auto& b = pab.second;
     auto run = [&]() -> task<void> {
         raw_send(b, "kept");
         auto r = co_await a.read_some(ring);
@@ -422,8 +428,12 @@ TEST_CASE("hostile buffer_ring: a starved read cancelled at every moment gives t
     for (int how = 0; how < 4; ++how) {
         for (int when = 0; when < 8; ++when) {
             DYNAMIC_SECTION("h" << how << "w" << when) {
-                auto [a, b] = make_pair(ctx);
-                auto [c, d] = make_pair(ctx);
+                auto pab = make_pair(ctx);  // named: clang 14 cannot capture structured bindings
+                auto& a = pab.first;
+                auto& b = pab.second;
+                auto pcd = make_pair(ctx);  // named: clang 14 cannot capture structured bindings
+                auto& c = pcd.first;
+                auto& d = pcd.second;
                 raw_send(b, "held");
                 raw_send(d, "starved");
                 std::stop_source stop;
@@ -472,7 +482,9 @@ TEST_CASE("hostile buffer_ring: lent stream reads racing the peer's close", "[bu
     buffer_ring ring(ctx, 2, 128);
     std::mt19937 rng(11);
     for (int round = 0; round < 200; ++round) {
-        auto [a, b] = make_pair(ctx);
+        auto pab = make_pair(ctx);  // named: clang 14 cannot capture structured bindings
+        auto& a = pab.first;
+        auto& b = pab.second;
         const std::string msg = random_bytes(rng, rng() % 400);
         std::string got;
         bool ended = false;
