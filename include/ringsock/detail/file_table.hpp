@@ -87,19 +87,26 @@ public:
     /// Makes `sqe` (whose fd is the socket's descriptor) use the socket's slot,
     /// registering it first once the socket has made enough requests.
     void use(registered_file& f, io_uring_sqe* sqe) noexcept {
-        if (f.slot < 0) {
-            if (f.slot != registered_file::unregistered || ++f.uses < register_after_ || free_.empty()) return;
-            int fd = sqe->fd;
-            int slot = free_.back();
-            if (io_uring_register_files_update(ring_, static_cast<unsigned>(slot), &fd, 1) != 1) {
-                f.slot = registered_file::never;
-                return;
-            }
-            free_.pop_back();
-            owners_[static_cast<unsigned>(slot)] = &f;
-            f.slot = slot;
-            f.table = this;
+        if (f.slot >= 0) [[likely]] {
+            sqe->fd = f.slot;
+            sqe->flags |= IOSQE_FIXED_FILE;
+            return;
         }
+        use_unregistered(f, sqe);
+    }
+
+    [[gnu::noinline]] void use_unregistered(registered_file& f, io_uring_sqe* sqe) noexcept {
+        if (f.slot != registered_file::unregistered || ++f.uses < register_after_ || free_.empty()) return;
+        int fd = sqe->fd;
+        int slot = free_.back();
+        if (io_uring_register_files_update(ring_, static_cast<unsigned>(slot), &fd, 1) != 1) {
+            f.slot = registered_file::never;
+            return;
+        }
+        free_.pop_back();
+        owners_[static_cast<unsigned>(slot)] = &f;
+        f.slot = slot;
+        f.table = this;
         sqe->fd = f.slot;
         sqe->flags |= IOSQE_FIXED_FILE;
     }

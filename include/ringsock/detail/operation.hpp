@@ -73,7 +73,21 @@ public:
     }
     resumable* pop_front() noexcept {
         resumable* r = head_;
-        if (r) erase(r);
+        if (!r) return nullptr;
+        // The head has no predecessor: a shorter unlink than erase().
+        head_ = r->next_;
+        if (head_) head_->prev_ = nullptr; else tail_ = nullptr;
+        r->next_ = nullptr;
+        r->linked_ = false;
+        --size_;
+        return r;
+    }
+    /// Empties the list and returns its first node; walk it with next_, reading each
+    /// node's next_ before handing the node on (it may be linked elsewhere then).
+    resumable* take_all() noexcept {
+        resumable* r = head_;
+        head_ = tail_ = nullptr;
+        size_ = 0;
         return r;
     }
     /// Takes over all of `o`'s nodes (this list must be empty).
@@ -160,11 +174,13 @@ public:
 
     /// Call first in every await_resume: detaches the stop callback, gives the socket
     /// direction to the next operation and leaves the deadline list.
-    void finish_wait() noexcept;
+    [[gnu::always_inline]] void finish_wait() noexcept;
     /// Makes sure the kernel no longer touches this operation: cancels it if it is in
     /// flight and waits for its completion, without resuming anything. Idempotent.
     /// Concrete operations call it first in their destructors.
-    void settle() noexcept;
+    void settle() noexcept {
+        if (state_ != op_state::done && state_ != op_state::idle) [[unlikely]] settle_slow();
+    }
 
     /// True when the operation ended because its time limit expired.
     bool timed_out() const noexcept { return timed_out_; }
@@ -208,6 +224,7 @@ protected:
     /// Speculative I/O (speculation.hpp): whether one direct non-blocking syscall is
     /// worth trying instead of a ring round; then report how it went.
     bool may_try_now(bool sends) noexcept;
+    bool may_try_now_in_run(bool sends) noexcept;
     /// Takes a direct attempt's result `r` (a syscall's return, errno set on -1) into
     /// res_. False when it would have blocked: the operation goes to the ring instead.
     bool took_now(long r, bool sends) noexcept;
@@ -242,24 +259,38 @@ protected:
     op_gate* gate_ = nullptr;
     socket_state* sock_ = nullptr;
     std::atomic<bool> remote_cancel_posted_{false};
-    __kernel_timespec deadline_{};
+    bool in_retry_list_ = false;
+    /// Set by submission::submit_direct for types that keep the base on_cqe: the CQE is
+    /// stored without a virtual call.
+    bool plain_cqe_ = false;
+    /// Set with submit_late_ by submission::submit_direct: prepares this operation's SQE
+    /// at the end of the turn without a virtual call (nullptr: the general path).
+    bool (*prepare_late_)(submission&, operation*) noexcept = nullptr;
+    // The fields below are left uninitialized, so an operation without a time limit does
+    // not pay for them: deadline_ is valid only with has_deadline_, and the list links
+    // only while in_deadline_list_ / in_retry_list_ (op_list::push sets them).
+    __kernel_timespec deadline_;
     // Links in the context's list of operations that wait in user space (gated or
     // pending) with a deadline: the kernel's link timeout cannot see them there.
-    operation* deadline_next_ = nullptr;
-    operation* deadline_prev_ = nullptr;
+    operation* deadline_next_;
+    operation* deadline_prev_;
     // Links in the submission's list of in-flight operations whose cancel may have
     // missed them (a request being handed to an io-wq thread): the cancel is repeated.
-    operation* retry_next_ = nullptr;
-    operation* retry_prev_ = nullptr;
-    bool in_retry_list_ = false;
+    operation* retry_next_;
+    operation* retry_prev_;
+
+    /// Whether a stop token is attached that can still be stopped.
+    bool stop_possible() const noexcept { return stop_.stop_possible(); }
 
 private:
+    [[gnu::cold]] void settle_slow() noexcept;
+    [[gnu::cold]] void leave_watches() noexcept;
     struct canceller {
         operation* op;
         void operator()() const noexcept;
     };
     std::stop_token stop_;
-    std::chrono::nanoseconds timeout_{};
+    std::chrono::nanoseconds timeout_;  // valid only with has_deadline_
     std::optional<std::stop_callback<canceller>> stop_cb_;
 };
 

@@ -40,18 +40,35 @@ inline void operation::await_suspend(std::coroutine_handle<> h) {
 inline void operation::canceller::operator()() const noexcept { op->ctx_->request_cancel_from_any_thread(op); }
 
 inline void operation::finish_wait() noexcept {
-    // Destroying the callback waits for a concurrent invocation on another thread.
-    stop_cb_.reset();
-    if (remote_cancel_posted_.load(std::memory_order_acquire)) ctx_->purge_remote_cancel(this);
-    if (in_deadline_list_) ctx_->unwatch_deadline(this);
-    ctx_->release_gate(this);
+    if (stop_cb_ || in_deadline_list_) [[unlikely]] leave_watches();
+    if (holds_gate_) {
+        op_gate* g = gate_;
+        if (g->waiters.empty()) {  // nobody waits for the direction: just free it
+            holds_gate_ = false;
+            g->busy = false;
+            g->holder = nullptr;
+        } else {
+            ctx_->release_gate(this);
+        }
+    }
     state_ = op_state::done;
 }
 
-inline void operation::settle() noexcept {
-    if (state_ == op_state::done || state_ == op_state::idle) return;
-    stop_cb_.reset();
-    if (remote_cancel_posted_.load(std::memory_order_acquire)) ctx_->purge_remote_cancel(this);
+inline void operation::leave_watches() noexcept {
+    // Destroying the callback waits for a concurrent invocation on another thread; only
+    // that callback ever posts a remote cancel.
+    if (stop_cb_) {
+        stop_cb_.reset();
+        if (remote_cancel_posted_.load(std::memory_order_acquire)) ctx_->purge_remote_cancel(this);
+    }
+    if (in_deadline_list_) ctx_->unwatch_deadline(this);
+}
+
+inline void operation::settle_slow() noexcept {
+    if (stop_cb_) {
+        stop_cb_.reset();
+        if (remote_cancel_posted_.load(std::memory_order_acquire)) ctx_->purge_remote_cancel(this);
+    }
     ctx_->settle(this);
 }
 
@@ -61,6 +78,11 @@ inline bool operation::may_try_now(bool sends) noexcept {
     // followed by a receive needs the enter anyway, and rides it for free. And only when
     // this operation would be alone in the next enter, and nothing is queued before it.
     if (!st || !st->same_direction_as_last(sends)) return false;
+    return may_try_now_in_run(sends);
+}
+
+inline bool operation::may_try_now_in_run(bool sends) noexcept {
+    socket_state* st = sock_;
     speculation& spec = sends ? st->send_spec : st->recv_spec;
     return spec.worth_trying() && !gate_->busy && !st->closed && ctx_->idle_after_current();
 }

@@ -6,7 +6,11 @@
 
 #include <liburing.h>
 
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <cerrno>
+#include <csignal>
 #include <cstdint>
 #include <system_error>
 
@@ -85,8 +89,20 @@ public:
 
     unsigned sq_space_left() noexcept { return io_uring_sq_space_left(&ring_); }
     unsigned sq_ready() noexcept { return io_uring_sq_ready(&ring_); }
-    /// An SQE, or nullptr when the SQ is full.
-    io_uring_sqe* get_sqe() noexcept { return io_uring_get_sqe(&ring_); }
+    /// An SQE, or nullptr when the SQ is full. io_uring_get_sqe, without its tests for
+    /// SQPOLL and 128-byte SQEs: this ring is set up with neither, so the kernel moves
+    /// the SQ head only inside our own enters.
+    io_uring_sqe* get_sqe() noexcept {
+        io_uring_sq& sq = ring_.sq;
+        const unsigned tail = sq.sqe_tail;
+        if (tail - __atomic_load_n(sq.khead, __ATOMIC_RELAXED) >= sq.ring_entries) return nullptr;
+        sq.sqe_tail = tail + 1;
+        return &sq.sqes[tail & sq.ring_mask];
+    }
+    /// Whether get_sqe() would return an SQE.
+    bool has_sqe() const noexcept {
+        return ring_.sq.sqe_tail - __atomic_load_n(ring_.sq.khead, __ATOMIC_RELAXED) < ring_.sq.ring_entries;
+    }
     /// An SQE, handing the full SQ to the kernel first if needed; nullptr if still full.
     io_uring_sqe* get_sqe_flushing() noexcept {
         io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
@@ -103,7 +119,20 @@ public:
     /// DEFER_TASKRUN ring task-work runs only in a GETEVENTS enter, so even the
     /// non-waiting form asks for events.
     void enter(bool wait, const char* what = "io_uring_enter") noexcept {
-        check(wait ? io_uring_submit_and_wait(&ring_, 1) : io_uring_submit_and_get_events(&ring_), what);
+        // io_uring_submit_and_wait / _get_events, inline: publish the SQ tail, then one
+        // io_uring_enter through the registered ring descriptor when there is one.
+        io_uring_sq& sq = ring_.sq;
+        const unsigned tail = sq.sqe_tail;
+        const unsigned to_submit = tail - sq.sqe_head;
+        if (to_submit != 0) {
+            sq.sqe_head = tail;
+            io_uring_smp_store_release(sq.ktail, tail);
+        }
+        unsigned flags = IORING_ENTER_GETEVENTS;
+        if (features_.registered_ring_fd) flags |= IORING_ENTER_REGISTERED_RING;
+        const long rc = ::syscall(__NR_io_uring_enter, ring_.enter_ring_fd, to_submit, wait ? 1U : 0U, flags,
+                                  nullptr, _NSIG / 8);
+        check(rc < 0 ? -errno : static_cast<int>(rc), what);
     }
     /// Submits and blocks until a completion or until `rel` has passed.
     void enter_until(__kernel_timespec rel) noexcept {
@@ -111,25 +140,17 @@ public:
         check(io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &rel, nullptr), "io_uring_enter (wait with timeout)");
     }
 
-    /// Copies completions out in batches, advances the CQ, then calls
-    /// `f(user_data, res, flags)` for each: a handler may submit new SQEs or resume
+    /// Calls `f(user_data, res, flags)` for each completion there is now, after copying
+    /// it out and advancing the CQ past it: a handler may submit new SQEs or resume
     /// nothing yet; the CQ slot it came from is already free.
     template <class F>
     void reap(F&& f) noexcept {
-        struct completion {
-            std::uint64_t user_data;
-            int res;
-            unsigned flags;
-        };
-        constexpr unsigned batch = 64;
-        completion copied[batch];
         bool flushed = false;
         for (;;) {
             // The CQ read inline (io_uring_peek_batch_cqe is an out-of-line library call).
             // The ring has 16-byte CQEs: no IORING_SETUP_CQE32.
-            unsigned head = *ring_.cq.khead;
-            unsigned n = io_uring_smp_load_acquire(ring_.cq.ktail) - head;
-            if (n == 0) {
+            const unsigned tail = io_uring_smp_load_acquire(ring_.cq.ktail);
+            if (tail == *ring_.cq.khead) {
                 // CQEs the kernel kept on its overflow list (NODROP) come back with a
                 // GETEVENTS enter, as io_uring_peek_batch_cqe does it.
                 if (flushed || !io_uring_cq_has_overflow(&ring_)) break;
@@ -137,15 +158,18 @@ public:
                 flushed = true;
                 continue;
             }
-            if (n > batch) n = batch;
             const unsigned mask = ring_.cq.ring_mask;
-            for (unsigned i = 0; i < n; ++i) {
-                const io_uring_cqe& c = ring_.cq.cqes[(head + i) & mask];
-                copied[i] = {c.user_data, c.res, c.flags};
+            // The head is read again each time: were a handler ever to reap, it would
+            // have consumed completions up to a later tail, which must not run twice.
+            for (unsigned head; static_cast<int>(tail - (head = *ring_.cq.khead)) > 0;) {
+                const io_uring_cqe& c = ring_.cq.cqes[head & mask];
+                const std::uint64_t user_data = c.user_data;
+                const int res = c.res;
+                const unsigned flags = c.flags;
+                io_uring_smp_store_release(ring_.cq.khead, head + 1);
+                f(user_data, res, flags);
             }
-            io_uring_cq_advance(&ring_, n);
-            for (unsigned i = 0; i < n; ++i) f(copied[i].user_data, copied[i].res, copied[i].flags);
-            if (n < batch) break;
+            break;
         }
     }
 

@@ -4,6 +4,7 @@
 // Also owns spawned (detached) tasks and takes stop requests from other threads.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <coroutine>
 #include <cstddef>
@@ -142,6 +143,8 @@ public:
 
     // -- what operations and awaiters use ---------------------------------------------
     void submit(operation* op) noexcept { sub_.submit(op); }
+    template <class Op>
+    [[gnu::always_inline]] void submit_direct(Op* op) noexcept { sub_.submit_direct(op); }
     void request_cancel(operation* op) noexcept { sub_.request_cancel(op); }
     void request_cancel_from_any_thread(operation* op) noexcept {
         if (on_loop_thread()) sub_.request_cancel(op);
@@ -340,14 +343,16 @@ inline bool scheduler::turn(bool block, std::size_t max_resume, std::size_t& res
     sub_.reap();
     if (sub_.has_retries()) repeat_cancels();
     if (inbox_.has_items()) process_inbox();
-    std::size_t budget = ready_.size();
-    while (budget-- > 0 && max_resume > 0 && !ready_.empty()) {
+    // What is ready now, not what these resumes make ready (that waits for the next turn).
+    // A resumed coroutine may take another out of the queue (settle): pop can run dry.
+    std::size_t budget = std::min(ready_.size(), max_resume);
+    while (budget-- > 0) {
         resumable* r = ready_.pop();
+        if (!r) break;
         ready_.remove_work();
         r->waiter_.resume();
         ++resumed;
-        --max_resume;
-        if (detached_error_ || stopped()) break;
+        if (detached_error_ || stopped()) [[unlikely]] break;
     }
     return true;
 }

@@ -73,8 +73,11 @@ protected:
         }
         return *this;
     }
-    // Like close(): no operation may outlive the socket it points into.
-    ~socket_base() { close(); }
+    // Like close(): no operation may outlive the socket it points into. A moved-from or
+    // closed socket has neither a descriptor nor operations: nothing to do.
+    ~socket_base() {
+        if (fd_.valid() || state_.in_use()) close();
+    }
 
     io_context* ctx_ = nullptr;
     unique_fd fd_;

@@ -52,6 +52,8 @@ struct socket_state {
         move_gate(send_gate, o.send_gate);
         move_gate(recv_gate, o.recv_gate);
     }
+    /// Whether an operation holds or waits for either direction.
+    bool in_use() const noexcept { return send_gate.busy || recv_gate.busy; }
     /// The owning socket moved its fd_queue (fd_stream's move): re-point.
     void set_fd_queue(fd_queue* q) noexcept { fds = q; }
 
@@ -69,6 +71,10 @@ private:
 };
 
 inline void socket_state::move_gate(op_gate& to, op_gate& from) noexcept {
+    // `to` is idle (new, or closed before being assigned to). A direction nobody holds
+    // has nobody waiting either: nothing to move (every moved-from socket, e.g. a
+    // result passed along by value).
+    if (!from.busy) return;
     to.busy = std::exchange(from.busy, false);
     to.holder = std::exchange(from.holder, nullptr);
     to.waiters.take(from.waiters);

@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -89,15 +90,67 @@ public:
 
     /// The turn's receives, now that every other SQE of the turn is in the SQ.
     void flush_late() noexcept {
-        while (auto* r = late_.pop_front()) {
+        // Detached from the list in one go: preparing runs no user code, so nothing
+        // can reach the late list while the chain is walked.
+        for (resumable* r = late_.take_all(); r;) {
+            resumable* following = r->next_;
             auto* op = static_cast<operation*>(r);
+            op->linked_ = false;
             op->queued_late_ = false;
-            if (!pending_.empty() || !try_prepare(op)) {
+            if (!pending_.empty() || !(op->prepare_late_ ? op->prepare_late_(*this, op) : try_prepare(op))) {
                 op->state_ = op_state::pending;
                 pending_.push_back(op);
             }
+            r = following;
         }
     }
+
+    /// submit() for an operation of a known final type `Op` with no time limit whose
+    /// socket direction is free: the common case, with prepare() called directly. Any
+    /// other situation (shutdown, a queue to keep order with, the cap, a full SQ, a
+    /// closed socket) takes the general path.
+    template <class Op>
+    [[gnu::always_inline]] void submit_direct(Op* op) noexcept {
+        op->cqes_left_ = 0;
+        op->plain_cqe_ = std::is_same_v<decltype(&Op::on_cqe), void (operation::*)(int, unsigned) noexcept>;
+        if (op->submit_late_) {
+            if (shutting_down_) [[unlikely]] return submit(op);
+            op->state_ = op_state::pending;
+            op->queued_late_ = true;
+            op->prepare_late_ = &prepare_late<Op>;
+            late_.push_back(op);
+            return;
+        }
+        if (shutting_down_ || !pending_.empty() || !prepare_direct(op)) [[unlikely]] submit(op);
+    }
+
+private:
+    /// The SQE of a socket operation of final type `Op` without a time limit, with
+    /// prepare() called directly. False, with nothing consumed, when the general path
+    /// must decide (the in-flight cap, a full SQ, a closed socket).
+    template <class Op>
+    [[gnu::always_inline]] bool prepare_direct(Op* op) noexcept {
+        if (inflight_ >= inflight_cap_ || op->has_deadline_ || !op->sock_ || op->sock_->closed) [[unlikely]]
+            return false;
+        io_uring_sqe* sqe = ring_.get_sqe();
+        if (!sqe) [[unlikely]] return false;
+        op->Op::prepare(sqe);
+        files_.use(op->sock_->file, sqe);
+        sqe->user_data = reinterpret_cast<std::uint64_t>(op);
+        op->cqes_left_ = 1;
+        ++inflight_;
+        op->state_ = op_state::in_flight;
+        return true;
+    }
+    /// flush_late's typed path for what submit_direct queued late.
+    template <class Op>
+    static bool prepare_late(submission& s, operation* op) noexcept {
+        auto* typed = static_cast<Op*>(op);
+        return s.prepare_direct(typed) || s.try_prepare_out_of_line(op);
+    }
+    [[gnu::noinline]] bool try_prepare_out_of_line(operation* op) noexcept { return try_prepare(op); }
+
+public:
 
     /// Retries cancels that found the SQ full, then queued operations, in order.
     /// `past_cap`: ignore the in-flight cap (see scheduler::turn).
@@ -307,11 +360,13 @@ private:
     bool try_prepare(operation* op, bool past_cap = false) noexcept {
         const unsigned need = op->has_deadline_ ? 2 : 1;
         if (!past_cap && inflight_ + need > inflight_cap_) return false;
-        if (ring_.sq_space_left() < need) {
-            ring_.flush();
-            if (ring_.sq_space_left() < need) return false;
+        if (need > 1 || !ring_.has_sqe()) [[unlikely]] {
+            if (ring_.sq_space_left() < need) {
+                ring_.flush();
+                if (ring_.sq_space_left() < need) return false;
+            }
         }
-        if (op->on_socket_ && (!op->sock_ || op->sock_->closed)) {
+        if (op->on_socket_ && (!op->sock_ || op->sock_->closed)) [[unlikely]] {
             // Its socket was closed while the request waited to be submitted: the
             // descriptor number may already belong to another file. Never touch it.
             cancel_queued(op);
@@ -335,6 +390,24 @@ private:
     }
 
     void dispatch(std::uint64_t ud, int res, unsigned flags) noexcept {
+        if ((ud & 3) == 0 && ud != 0) [[likely]] {
+            auto* op = reinterpret_cast<operation*>(ud);
+            if (op->plain_cqe_) {
+                op->res_ = res;
+                op->cqe_flags_ = flags;
+            } else {
+                op->on_cqe(res, flags);
+            }
+            if (!(flags & IORING_CQE_F_MORE)) {
+                --inflight_;
+                if (--op->cqes_left_ == 0) complete(op);
+            }
+            return;
+        }
+        dispatch_tagged(ud, res);
+    }
+
+    [[gnu::noinline]] void dispatch_tagged(std::uint64_t ud, int res) noexcept {
         if (ud == 0) return;  // results of cancel requests: the target's own CQE tells all
         if ((ud & 3) == msg_ring_wake) {
             // A wake from another ring (the turn looks at the inbox anyway), or a wake
@@ -359,23 +432,20 @@ private:
             if (--op->cqes_left_ == 0) complete(op);
             return;
         }
-        auto* op = reinterpret_cast<operation*>(ud);
-        const bool last = !(flags & IORING_CQE_F_MORE);
-        op->on_cqe(res, flags);
-        if (last) {
-            --inflight_;
-            if (--op->cqes_left_ == 0) complete(op);
-        }
+    }
+
+    [[gnu::noinline]] void forget_cancel(operation* op) noexcept {
+        if (op->in_retry_list_) retry_unwatch(op);
+        // A cancel still waiting in the backlog must not outlive the operation it aims
+        // at: once resumed, the frame holding the operation may be freed.
+        if (op->cancel_sent_ && !cancel_backlog_.empty()) std::erase(cancel_backlog_, op);
     }
 
     void retry_watch(operation* op) noexcept { retries_.push(op); }
     void retry_unwatch(operation* op) noexcept { retries_.erase(op); }
 
     void complete(operation* op) noexcept {
-        if (op->in_retry_list_) retry_unwatch(op);
-        // A cancel still waiting in the backlog must not outlive the operation it aims
-        // at: once resumed, the frame holding the operation may be freed.
-        if (op->cancel_sent_ && !cancel_backlog_.empty()) std::erase(cancel_backlog_, op);
+        if (op->in_retry_list_ || op->cancel_sent_) [[unlikely]] forget_cancel(op);
         op->state_ = op_state::ready;
         if (!op->on_complete()) {
             // Resubmitted itself (now pending, in flight, or ready and queued when the

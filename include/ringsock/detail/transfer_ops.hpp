@@ -95,7 +95,10 @@ struct transfer_tally {
 /// message longer than the buffer is reported (MSG_TRUNC makes RECV return its length).
 class transfer_op final : public operation {
 public:
-    enum class kind : unsigned char { recv_some, recv_exact, send_some, send_all, recv_message, send_message };
+    // Bits: 1 sends, 2 whole (loops to the end), 4 one message.
+    enum class kind : unsigned char {
+        recv_some = 0, recv_exact = 2, send_some = 1, send_all = 3, recv_message = 4, send_message = 5
+    };
 
     transfer_op(io_context& ctx, int fd, socket_state* st, std::byte* buf, std::size_t len, kind k,
                 const op_limits& lim) noexcept
@@ -108,8 +111,8 @@ public:
     }
     ~transfer_op() { settle(); }
 
-    bool await_ready() noexcept {
-        if (is_send() && socket()->write_broken) {
+    [[gnu::always_inline]] bool await_ready() noexcept {
+        if (is_send() && socket()->write_broken) [[unlikely]] {
             broken_ = true;
             state_ = op_state::done;
             return true;
@@ -118,30 +121,28 @@ public:
             state_ = op_state::done;  // nothing to do: never mistake it for end of stream
             return true;
         }
-        if (operation::await_ready()) return true;
+        if (operation::await_ready()) [[unlikely]] return true;
         return try_now();
     }
 
+    /// The common case inline: no time limit, no stop token, the direction free.
+    [[gnu::always_inline]] void await_suspend(std::coroutine_handle<> h) {
+        if (has_deadline_ || gate_->busy || stop_possible()) [[unlikely]] return operation::await_suspend(h);
+        waiter_ = h;
+        ctx_->add_work();
+        gate_->busy = true;
+        gate_->holder = this;
+        holds_gate_ = true;
+        ctx_->submit_direct(this);
+    }
+
     void prepare(io_uring_sqe* sqe) noexcept override {
-        const std::size_t len = tally_.total;
-        if (is_message()) {
-            // No msghdr: the cheapest request the kernel has for one message. Descriptors
-            // a peer attaches are released by the kernel, never installed here.
-            if (kind_ == kind::send_message) io_uring_prep_send(sqe, fd_, buf_, len, MSG_NOSIGNAL);
-            else io_uring_prep_recv(sqe, fd_, buf_, len, MSG_TRUNC);
-            return;
-        }
-        const std::size_t n = std::min(len - tally_.done, max_chunk);
-        std::byte* p = buf_ + tally_.done;
-        if (is_send()) {
-            // MSG_WAITALL (stream sockets) makes io_uring retry a short send itself
-            // instead of posting a CQE per chunk; a cancel still reports the partial
-            // count, and the tally loops regardless.
-            io_uring_prep_send(sqe, fd_, p, n, MSG_NOSIGNAL | (kind_ == kind::send_all ? MSG_WAITALL : 0));
-        } else {
-            // MSG_WAITALL only saves round trips; the tally loops regardless.
-            io_uring_prep_recv(sqe, fd_, p, n, kind_ == kind::recv_exact ? MSG_WAITALL : 0);
-        }
+        // A message goes whole (its tally never advances); a stream transfer sends or
+        // receives its next chunk.
+        const std::size_t n = std::min(tally_.total - tally_.done, max_chunk);
+        io_uring_prep_rw(is_send() ? IORING_OP_SEND : IORING_OP_RECV, sqe, fd_, buf_ + tally_.done,
+                         static_cast<unsigned>(n), 0);
+        sqe->msg_flags = msg_flags(kind_);
     }
 
     bool on_complete() noexcept override {
@@ -153,7 +154,7 @@ public:
         return true;
     }
 
-    io_result<std::size_t> await_resume() noexcept {
+    [[gnu::always_inline]] io_result<std::size_t> await_resume() noexcept {
         finish_wait();
         // The common case first, inline: the whole (or some) transfer went through.
         if (res_ >= 0 && !broken_ && !is_message() && (!tally_.whole || tally_.done == tally_.total)) [[likely]]
@@ -166,8 +167,12 @@ private:
     /// else will run before it) and its direction is free, one non-blocking syscall
     /// costs less than a ring round (SQE, enter, CQE, resume). EAGAIN falls back to the
     /// ring; a direction whose attempts keep failing backs off (speculation.hpp).
-    bool try_now() noexcept {
-        if (!may_try_now(is_send())) return false;
+    [[gnu::always_inline]] bool try_now() noexcept {
+        if (!socket()->same_direction_as_last(is_send())) return false;
+        return try_now_in_run();
+    }
+    bool try_now_in_run() noexcept {
+        if (!may_try_now_in_run(is_send())) return false;
         const std::size_t n = std::min(tally_.total - tally_.done, max_chunk);
         std::byte* p = buf_ + tally_.done;
         ssize_t r;
@@ -193,10 +198,26 @@ private:
         return tally_.result(*this, res_, what());
     }
 
-    bool is_send() const noexcept {
-        return kind_ == kind::send_some || kind_ == kind::send_all || kind_ == kind::send_message;
+    bool is_send() const noexcept { return (static_cast<unsigned>(kind_) & 1) != 0; }
+    static constexpr unsigned msg_flags(kind k) noexcept {
+        switch (k) {
+            // MSG_WAITALL on a stream send makes io_uring retry a short send itself
+            // instead of posting a CQE per chunk; a cancel still reports the partial
+            // count, and the tally loops regardless.
+            case kind::send_all: return MSG_NOSIGNAL | MSG_WAITALL;
+            case kind::send_some:
+            case kind::send_message: return MSG_NOSIGNAL;
+            // On a receive, MSG_WAITALL only saves round trips; the tally loops regardless.
+            case kind::recv_exact: return MSG_WAITALL;
+            // No msghdr for a message: the cheapest request the kernel has for one.
+            // Descriptors a peer attaches are released by the kernel, never installed
+            // here. MSG_TRUNC makes RECV return the message's real length.
+            case kind::recv_message: return MSG_TRUNC;
+            case kind::recv_some: break;
+        }
+        return 0;
     }
-    bool is_message() const noexcept { return kind_ == kind::recv_message || kind_ == kind::send_message; }
+    bool is_message() const noexcept { return (static_cast<unsigned>(kind_) & 4) != 0; }
     const char* what() const noexcept {
         switch (kind_) {
             case kind::recv_some: return "read_some";
