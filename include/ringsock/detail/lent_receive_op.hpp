@@ -48,6 +48,7 @@ public:
         }
         return operation::await_ready();
     }
+    void await_suspend(std::coroutine_handle<> h) { suspend_direct<lent_receive_op>(h); }
 
     void prepare(io_uring_sqe* sqe) noexcept override {
         if (waiting_) {

@@ -76,6 +76,7 @@ public:
         if (operation::await_ready()) return true;
         return try_now();
     }
+    void await_suspend(std::coroutine_handle<> h) { suspend_direct<send_msg_op>(h); }
 
     void prepare(io_uring_sqe* sqe) noexcept override {
         if (plain()) {
@@ -188,6 +189,7 @@ public:
         if (operation::await_ready()) return true;
         return try_now();
     }
+    void await_suspend(std::coroutine_handle<> h) { suspend_direct<recv_msg_op>(h); }
 
     void prepare(io_uring_sqe* sqe) noexcept override {
         io_uring_prep_recvmsg(sqe, fd_, &msg_, static_cast<unsigned>(build_msg()));

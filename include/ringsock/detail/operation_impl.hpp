@@ -37,6 +37,18 @@ inline void operation::await_suspend(std::coroutine_handle<> h) {
     if (stop_.stop_possible()) stop_cb_.emplace(stop_, canceller{this});
 }
 
+template <class Op>
+inline void operation::suspend_direct(std::coroutine_handle<> h) {
+    // Socket operations always have a gate (attach()).
+    if (has_deadline_ || gate_->busy || stop_possible()) [[unlikely]] return operation::await_suspend(h);
+    waiter_ = h;
+    ctx_->add_work();
+    gate_->busy = true;
+    gate_->holder = this;
+    holds_gate_ = true;
+    ctx_->submit_direct(static_cast<Op*>(this));
+}
+
 inline void operation::canceller::operator()() const noexcept { op->ctx_->request_cancel_from_any_thread(op); }
 
 inline void operation::finish_wait() noexcept {

@@ -135,7 +135,7 @@ private:
         io_uring_sqe* sqe = ring_.get_sqe();
         if (!sqe) [[unlikely]] return false;
         op->Op::prepare(sqe);
-        files_.use(op->sock_->file, sqe);
+        if (!op->sqe_without_file_) files_.use(op->sock_->file, sqe);
         sqe->user_data = reinterpret_cast<std::uint64_t>(op);
         op->cqes_left_ = 1;
         ++inflight_;

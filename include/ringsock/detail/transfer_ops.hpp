@@ -126,15 +126,7 @@ public:
     }
 
     /// The common case inline: no time limit, no stop token, the direction free.
-    [[gnu::always_inline]] void await_suspend(std::coroutine_handle<> h) {
-        if (has_deadline_ || gate_->busy || stop_possible()) [[unlikely]] return operation::await_suspend(h);
-        waiter_ = h;
-        ctx_->add_work();
-        gate_->busy = true;
-        gate_->holder = this;
-        holds_gate_ = true;
-        ctx_->submit_direct(this);
-    }
+    [[gnu::always_inline]] void await_suspend(std::coroutine_handle<> h) { suspend_direct<transfer_op>(h); }
 
     void prepare(io_uring_sqe* sqe) noexcept override {
         // A message goes whole (its tally never advances); a stream transfer sends or
@@ -276,6 +268,7 @@ public:
         }
         return operation::await_ready();
     }
+    void await_suspend(std::coroutine_handle<> h) { suspend_direct<vectored_op>(h); }
 
     void prepare(io_uring_sqe* sqe) noexcept override {
         msg_ = msghdr{};
