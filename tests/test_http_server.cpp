@@ -720,7 +720,9 @@ TEST_CASE("http_server: SIGTERM lets a response being written finish", "[http_se
     client c(srv.path);
     const std::size_t size = 1024 * 1024;
     REQUIRE(c.send(echo_request(size)));
-    std::this_thread::sleep_for(200ms);  // the server's write is blocked on the full socket
+    pollfd p{c.fd(), POLLIN, 0};
+    REQUIRE(::poll(&p, 1, 10000) == 1);  // the response has started
+    std::this_thread::sleep_for(100ms);  // and its write is blocked on the full socket
     REQUIRE(::kill(srv.child.pid, SIGTERM) == 0);
     std::this_thread::sleep_for(200ms);
     auto r = c.read_response();
