@@ -23,8 +23,10 @@
 // (default: RLIMIT_NOFILE minus a reserve) a new connection makes its ring close the
 // connection that has been quiet longest, so a flood of idle or half-sent clients
 // cannot keep others out.
-// Per request: the head is parsed in place (views into the read buffer), the Date is
-// formatted once a second per ring, the response is built in a per-connection buffer.
+// Per request: the head is parsed in place (views into the read buffer; a lone request
+// without a body straight from the ring's buffer the idle read brought, with no parser
+// buffer at all), the Date is formatted once a second per ring, the response is built
+// in a per-connection buffer.
 //
 // Under a service manager (systemd-socket-activate -l PATH http_server) PATH may be
 // omitted; READY=1 goes to NOTIFY_SOCKET when it is set. SIGTERM/SIGINT: stop
@@ -460,6 +462,15 @@ std::string_view skip_empty_lines(ringsock::buffered_stream<seeded_stream>& in) 
     return in.buffered();
 }
 
+// The response to a complete request, under a fresh deadline (respond() restarts the
+// connection's timer). False when the connection must close.
+task<bool> answer(session& s, const request& req, std::string_view body) {
+    const bool keep_alive = req.keep_alive && !s.c.token().stop_requested();
+    const response r = route(req, s, body);
+    auto sent = co_await s.respond(r, req.method == method_kind::head, keep_alive, req.http10);
+    co_return sent.has_value() && keep_alive;
+}
+
 // One request from `in`: head, body, response. False when the connection must close
 // (the client closes or asks to, sent something invalid, or was too slow).
 task<bool> serve_request(session& s, ringsock::buffered_stream<seeded_stream>& in) {
@@ -530,11 +541,19 @@ task<bool> serve_request(session& s, ringsock::buffered_stream<seeded_stream>& i
         }
     }
 
-    // 3. The response, under a fresh deadline (respond() restarts the connection's timer).
-    const bool keep_alive = req.keep_alive && !c.token().stop_requested();
-    const response r = route(req, s, body);
-    auto sent = co_await s.respond(r, head_only, keep_alive, req.http10);
-    co_return sent.has_value() && keep_alive;
+    // 3. The response.
+    co_return co_await answer(s, req, body);
+}
+
+// The common case: one whole request without a body, alone in the bytes an idle read
+// brought (in a buffer of the ring), parsed right there. nullopt: anything else
+// (pipelined, partial, with a body, empty lines first, an error): serve_request's turn.
+std::optional<request> whole_request(std::string_view bytes, const config& cfg) {
+    if (bytes.size() < 4 || bytes.substr(0, 2) == "\r\n" || bytes.find("\r\n\r\n") != bytes.size() - 4)
+        return std::nullopt;
+    request req;
+    if (parse_head(bytes.substr(0, bytes.size() - 4), cfg, req) || req.content_length != 0) return std::nullopt;
+    return req;
 }
 
 // One connection: requests in order until the client closes, asks to close, sends
@@ -549,6 +568,11 @@ task<void> serve_connection(ringsock::stream_socket& sock, limits::connection& c
         c.touch();
         auto first = co_await sock.read_some(ring, c.token());
         if (!first || first->empty()) break;  // idle timeout, EOF, reset, shed, or shutting down
+        if (const auto req = whole_request(first->chars(), st.cfg)) {
+            first->reset();  // the buffer goes back to the ring before the response is written
+            open = co_await answer(s, *req, {});
+            continue;
+        }
         // A request is arriving: read it, and any pipelined behind it, through a buffer
         // that lives until the connection is idle again (a head may grow it to max_head).
         seeded_stream src(sock, std::move(*first));
