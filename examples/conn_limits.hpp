@@ -141,6 +141,10 @@ public:
     bool admitted() const noexcept { return admitted_; }
     /// The token for this connection's I/O: stopped on idle timeout, shedding, shutdown.
     std::stop_token token() const noexcept { return stop_.get_token(); }
+    /// The token for writes that must finish at shutdown (a response): stopped when the
+    /// idle deadline passes or the connection is shed, not by stop_all(). Once stopped
+    /// it stays stopped.
+    std::stop_token deadline_token() const noexcept { return deadline_.get_token(); }
     /// Activity: the idle deadline starts again and the connection goes to the back of
     /// the shedding order.
     void touch() noexcept {
@@ -163,6 +167,7 @@ public:
         dog.spawn([this](std::stop_token st) -> ringsock::task<void> {
             if (co_await idle_.wait(st)) {
                 expired_ = true;
+                deadline_.request_stop();
                 stop();
             }
         });
@@ -199,6 +204,7 @@ private:
     ring_connections* ring_;
     ringsock::timer idle_;
     std::stop_source stop_;
+    std::stop_source deadline_;
     connection* prev_ = nullptr;
     connection* next_ = nullptr;
     bool linked_ = false;
@@ -216,6 +222,7 @@ inline bool ring_connections::shed_oldest(const connection* except) noexcept {
     for (connection* c = head_; c; c = c->next_) {
         if (c == except) continue;
         c->shed_ = true;
+        c->deadline_.request_stop();
         c->stop();
         limits_->shed.fetch_add(1, std::memory_order_relaxed);
         return true;

@@ -17,10 +17,16 @@
 // the rings in turn. An idle keep-alive connection waits for its next request with
 // read_some(buffer_ring), holding no buffer; the request parser's buffer exists only
 // while a request (and any pipelined behind it) is being read.
-// Limits: each request must arrive within --idle-timeout (default 5 s, one deadline
-// per request on the connection's timer); at --max-connections (default: RLIMIT_NOFILE
-// minus a reserve) a new connection makes its ring close the connection that has been
-// quiet longest, so a flood of idle or half-sent clients cannot keep others out.
+// Limits: each request must arrive, and each response be written, within
+// --idle-timeout (default 5 s): one deadline per request and one per response, both on
+// the connection's one timer (no time limit per read or write); at --max-connections
+// (default: RLIMIT_NOFILE minus a reserve) a new connection makes its ring close the
+// connection that has been quiet longest, so a flood of idle or half-sent clients
+// cannot keep others out.
+// Per request: the head is parsed in place (views into the read buffer; a lone request
+// without a body straight from the ring's buffer the idle read brought, with no parser
+// buffer at all), the Date is formatted once a second per ring, the response is built
+// in a per-connection buffer.
 //
 // Under a service manager (systemd-socket-activate -l PATH http_server) PATH may be
 // omitted; READY=1 goes to NOTIFY_SOCKET when it is set. SIGTERM/SIGINT: stop
@@ -31,6 +37,7 @@
 #include <ringsock/socket_activation.hpp>
 
 #include <array>
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -73,11 +80,14 @@ struct server_state {
     limits::ring_set* rings = nullptr;
 };
 
+// A response. Every view must outlive the write: string literals, the connection's
+// cached /info body, or the request body read for /echo.
 struct response {
     int status = 200;
-    std::string content_type = "application/json";
-    std::string body;
-    std::string extra_headers;  // complete lines, each ending in \r\n
+    std::string_view content_type = "application/json";
+    std::string_view body;
+    std::string_view message;        // an error: the body is {"message":"<message>"}\n
+    std::string_view extra_headers;  // complete lines, each ending in \r\n
 };
 
 const char* reason(int status) {
@@ -99,30 +109,58 @@ const char* reason(int status) {
     return "Unknown";
 }
 
-response error(int status, const char* message) {
+// `message` must be a string literal (the response keeps a view of it).
+response error(int status, std::string_view message) {
     response r;
     r.status = status;
-    r.body = std::string("{\"message\":\"") + message + "\"}\n";
+    r.message = message;
     return r;
 }
 
+// The Date header's value (IMF-fixdate), formatted at most once a second per thread.
+// Each ring runs on its own thread, so there is no lock; time() is a vDSO call.
+std::string_view http_date() {
+    struct cache {
+        std::time_t second = -1;
+        std::array<char, 32> text{};
+        std::size_t size = 0;
+    };
+    thread_local cache c;
+    const std::time_t now = std::time(nullptr);
+    if (now != c.second) {
+        std::tm tm{};
+        ::gmtime_r(&now, &tm);
+        c.size = std::strftime(c.text.data(), c.text.size(), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        c.second = now;
+    }
+    return {c.text.data(), c.size};
+}
+
+void append_number(std::string& out, std::size_t n) {
+    std::array<char, 24> digits;
+    const auto res = std::to_chars(digits.data(), digits.data() + digits.size(), n);
+    out.append(digits.data(), res.ptr);
+}
+
+// The whole response into `out` (cleared first; its capacity is reused).
 // head_only (a HEAD request): the headers a GET gets, Content-Length included, no body.
-std::string serialize(const response& r, bool keep_alive, bool http10, bool head_only) {
-    char date[64];
-    std::time_t now = std::time(nullptr);
-    std::tm tm{};
-    ::gmtime_r(&now, &tm);
-    std::strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
-    std::string out = "HTTP/1.1 " + std::to_string(r.status) + " " + reason(r.status) + "\r\n";
-    out += "Date: ";
-    out += date;
-    out += "\r\nContent-Type: " + r.content_type + "\r\nContent-Length: " + std::to_string(r.body.size()) + "\r\n";
-    out += r.extra_headers;
-    if (!keep_alive) out += "Connection: close\r\n";
-    else if (http10) out += "Connection: keep-alive\r\n";
-    out += "\r\n";
-    if (!head_only) out += r.body;
-    return out;
+void serialize(std::string& out, const response& r, bool keep_alive, bool http10, bool head_only) {
+    constexpr std::string_view message_open = "{\"message\":\"", message_close = "\"}\n";
+    const std::size_t length =
+        r.message.empty() ? r.body.size() : message_open.size() + r.message.size() + message_close.size();
+    out.clear();
+    out.append("HTTP/1.1 ");
+    append_number(out, static_cast<std::size_t>(r.status));
+    out.append(" ").append(reason(r.status)).append("\r\nDate: ").append(http_date());
+    out.append("\r\nContent-Type: ").append(r.content_type).append("\r\nContent-Length: ");
+    append_number(out, length);
+    out.append("\r\n").append(r.extra_headers);
+    if (!keep_alive) out.append("Connection: close\r\n");
+    else if (http10) out.append("Connection: keep-alive\r\n");
+    out.append("\r\n");
+    if (head_only) return;
+    if (r.message.empty()) out.append(r.body);
+    else out.append(message_open).append(r.message).append(message_close);
 }
 
 // RFC 9110 token characters (method and header names).
@@ -163,26 +201,42 @@ bool list_has(std::string_view v, std::string_view token) {
     return false;
 }
 
-// The method of a request whose head could not be parsed (too long, malformed,
-// incomplete): its first word, if that is a token, so an error answers HEAD correctly.
-std::string leading_method(std::string_view in) {
-    std::string_view word = in.substr(0, in.find(' '));
-    return word.size() < in.size() && is_token(word) ? std::string(word) : std::string();
-}
+// Whether the head of a request (or what arrived of it) starts with the method HEAD, so
+// an error answers it with headers only, also when the head could not be parsed.
+bool is_head_request(std::string_view head) { return head.substr(0, 5) == "HEAD "; }
 
-// A parsed request head, or the error response that ends the connection.
+enum class method_kind { other, get, head, post };
+enum class route_kind { other, info, echo };
+
+// A parsed request head, or the error response that ends the connection. Nothing in it
+// points into the head (whose bytes the body read may move).
 struct request {
-    std::string method;
-    std::string path;  // the target's path, query removed
+    method_kind method = method_kind::other;
+    route_kind target = route_kind::other;  // from the target's path, query removed
     bool http10 = false;
     bool keep_alive = true;
     bool expect_continue = false;
     std::size_t content_length = 0;
 };
 
+method_kind classify_method(std::string_view m) {
+    if (m == "GET") return method_kind::get;
+    if (m == "HEAD") return method_kind::head;
+    if (m == "POST") return method_kind::post;
+    return method_kind::other;
+}
+
+route_kind classify_path(std::string_view path) {
+    if (path == "/info") return route_kind::info;
+    if (path == "/echo") return route_kind::echo;
+    return route_kind::other;
+}
+
+// `head`: the request line and the header lines, separated by CRLF, without the blank
+// line that ends them.
 std::optional<response> parse_head(std::string_view head, const config& cfg, request& req) {
     // Request line: method SP request-target SP HTTP-version, single spaces only.
-    auto eol = head.find("\r\n");
+    const auto eol = head.find("\r\n");
     std::string_view line = head.substr(0, eol);
     auto sp1 = line.find(' ');
     auto sp2 = sp1 == std::string_view::npos ? sp1 : line.find(' ', sp1 + 1);
@@ -208,13 +262,13 @@ std::optional<response> parse_head(std::string_view head, const config& cfg, req
         target = slash == std::string_view::npos ? std::string_view("/") : target.substr(slash);
     }
     if (target[0] != '/') return error(400, "request target must be a path");
-    req.method = method;
-    req.path = target.substr(0, target.find('?'));
+    req.method = classify_method(method);
+    req.target = classify_path(target.substr(0, target.find('?')));
 
     // Header fields: name ":" OWS value OWS; no obs-fold, no control characters.
     std::size_t hosts = 0, lengths = 0, count = 0;
     bool transfer_encoding = false;
-    std::string_view rest = head.substr(eol + 2);
+    std::string_view rest = eol == std::string_view::npos ? std::string_view() : head.substr(eol + 2);
     while (!rest.empty()) {
         auto end = rest.find("\r\n");
         std::string_view field = rest.substr(0, end);
@@ -258,33 +312,6 @@ std::optional<response> parse_head(std::string_view head, const config& cfg, req
     if (transfer_encoding) return error(501, "Transfer-Encoding is not supported; send Content-Length");
     if (req.content_length > cfg.max_body) return error(413, "request body too large");
     return std::nullopt;
-}
-
-response route(const request& req, const ringsock::io_result<ringsock::credentials>& peer, std::string body) {
-    if (req.path == "/info") {
-        if (req.method != "GET" && req.method != "HEAD") {
-            auto r = error(405, "method not allowed");
-            r.extra_headers = "Allow: GET, HEAD\r\n";
-            return r;
-        }
-        if (!peer) return error(500, "peer credentials unavailable");
-        response r;
-        r.body = "{\"pid\":" + std::to_string(peer->pid) + ",\"uid\":" + std::to_string(peer->uid) +
-                 ",\"gid\":" + std::to_string(peer->gid) + "}\n";
-        return r;
-    }
-    if (req.path == "/echo") {
-        if (req.method != "POST") {
-            auto r = error(405, "method not allowed");
-            r.extra_headers = "Allow: POST\r\n";
-            return r;
-        }
-        response r;
-        r.content_type = "application/octet-stream";
-        r.body = std::move(body);
-        return r;
-    }
-    return error(404, "page not found");
 }
 
 // After an error response: stop sending and read (and drop) what the client still
@@ -356,91 +383,184 @@ private:
     ringsock::lent_buffer seed_;
 };
 
+// What a connection keeps from one request to the next: its /info body (the peer's
+// credentials do not change) and the buffer every response is built in.
+struct session {
+    ringsock::stream_socket& sock;
+    limits::connection& c;
+    const server_state& st;
+    std::optional<std::string> info;  // nullopt: the credentials were unavailable
+    std::string out;
+
+    // Writes `bytes` (which must outlive the co_await) under the connection's deadline,
+    // the one timer the reads use too; shutdown does not stop it, so a response being
+    // written then still finishes. When that deadline has already passed (a 408 going
+    // out), the write gets a time limit of its own instead.
+    [[nodiscard]] auto write(std::string_view bytes) {
+        std::stop_token deadline = c.deadline_token();
+        ringsock::op_limits lim = deadline.stop_requested() ? ringsock::op_limits(st.lim.idle_timeout)
+                                                            : ringsock::op_limits(std::move(deadline));
+        return sock.write_all(bytes, std::move(lim));
+    }
+    // Builds `r` in `out` and writes it, under a fresh deadline. Every response to a HEAD
+    // request, whatever its status, is headers only: a body would be read as the start
+    // of the next response on a kept-alive connection.
+    [[nodiscard]] auto respond(const response& r, bool head_only, bool keep_alive, bool http10) {
+        c.touch();
+        serialize(out, r, keep_alive, http10, head_only);
+        return write(out);
+    }
+};
+
+std::optional<std::string> info_body(const ringsock::io_result<ringsock::credentials>& peer) {
+    if (!peer) return std::nullopt;
+    std::string b;
+    b.append("{\"pid\":");
+    append_number(b, static_cast<std::size_t>(peer->pid));
+    b.append(",\"uid\":");
+    append_number(b, peer->uid);
+    b.append(",\"gid\":");
+    append_number(b, peer->gid);
+    b.append("}\n");
+    return b;
+}
+
+response route(const request& req, const session& s, std::string_view body) {
+    if (req.target == route_kind::info) {
+        if (req.method != method_kind::get && req.method != method_kind::head) {
+            auto r = error(405, "method not allowed");
+            r.extra_headers = "Allow: GET, HEAD\r\n";
+            return r;
+        }
+        if (!s.info) return error(500, "peer credentials unavailable");
+        response r;
+        r.body = *s.info;
+        return r;
+    }
+    if (req.target == route_kind::echo) {
+        if (req.method != method_kind::post) {
+            auto r = error(405, "method not allowed");
+            r.extra_headers = "Allow: POST\r\n";
+            return r;
+        }
+        response r;
+        r.content_type = "application/octet-stream";
+        r.body = body;
+        return r;
+    }
+    return error(404, "page not found");
+}
+
+// The connection's timer ended the read (the request took longer than the deadline).
+bool too_slow(const std::error_code& ec, const limits::connection& c) {
+    return ec == std::errc::timed_out || (ec == std::errc::operation_canceled && c.idle_expired());
+}
+
+// Drops the empty lines a client may send before a request; returns what is buffered.
+std::string_view skip_empty_lines(ringsock::buffered_stream<seeded_stream>& in) {
+    while (in.buffered().substr(0, 2) == "\r\n") in.consume(2);
+    return in.buffered();
+}
+
+// The response to a complete request, under a fresh deadline (respond() restarts the
+// connection's timer). False when the connection must close.
+task<bool> answer(session& s, const request& req, std::string_view body) {
+    const bool keep_alive = req.keep_alive && !s.c.token().stop_requested();
+    const response r = route(req, s, body);
+    auto sent = co_await s.respond(r, req.method == method_kind::head, keep_alive, req.http10);
+    co_return sent.has_value() && keep_alive;
+}
+
 // One request from `in`: head, body, response. False when the connection must close
 // (the client closes or asks to, sent something invalid, or was too slow).
-task<bool> serve_request(ringsock::stream_socket& sock, ringsock::buffered_stream<seeded_stream>& in,
-                         limits::connection& c, const server_state& st,
-                         const ringsock::io_result<ringsock::credentials>& peer) {
-    const config& cfg = st.cfg;
-    const auto write_limit = st.lim.idle_timeout;
-    auto send = [&](std::string wire) -> task<bool> {
-        auto w = co_await sock.write_all(wire, write_limit);
-        co_return w.has_value();
-    };
+task<bool> serve_request(session& s, ringsock::buffered_stream<seeded_stream>& in) {
+    limits::connection& c = s.c;
     // TRICKY: responses are built in named variables, never as braced temporaries
     // inside co_await (g++ 12 destroys those twice).
-    // Every response to a HEAD request, whatever its status, is headers only: a body
-    // would be read as the start of the next response on a kept-alive connection.
-    auto respond = [&](const response& r, const request& req, bool keep_alive) -> task<bool> {
-        std::string wire = serialize(r, keep_alive, req.http10, req.method == "HEAD");
-        co_return co_await send(std::move(wire));
-    };
-    // The connection's timer ended the read (the request took longer than the deadline).
-    auto too_slow = [&](const std::error_code& ec) {
-        return ec == std::errc::timed_out || (ec == std::errc::operation_canceled && c.idle_expired());
-    };
 
-    // 1. The head: the request line, then header lines up to a blank one, gathered in
-    // `head` for parse_head. Empty lines before a request are ignored.
-    std::string head;
+    // 1. The head, up to the blank line, as one view into `in`'s buffer: parsed in
+    // place, before the next read on `in` can move it. First with the request line's
+    // limit, so an over-long request line is 414 as soon as it is over; a longer head
+    // whose request line ended in time is read again with the head's limit.
+    std::string_view head;
     std::optional<response> failure;
-    for (;;) {
-        auto line = co_await in.read_until("\r\n", head.empty() ? max_request_line : max_head, c.token());
-        if (!line) {
-            if (line.error() == ringsock::framing_errc::frame_too_long && head.empty())
-                // 414 when it is the target that is long; anything else is malformed.
-                failure = error(in.buffered().find(' ') < 32 ? 414 : 400, "request line too long");
-            else if (line.error() == ringsock::framing_errc::frame_too_long)
-                failure = error(431, "request header fields too large");
-            else if (too_slow(line.error()) && !(head.empty() && in.buffered().empty()))
-                failure = error(408, "request incomplete before the timeout");
-            else co_return false;  // idle timeout, EOF, reset, shed, or shutting down
+    for (std::size_t limit = max_request_line;;) {
+        (void)skip_empty_lines(in);
+        auto got = co_await in.read_until("\r\n\r\n", limit, c.token());
+        if (got) {
+            head = *got;
+            while (head.substr(0, 2) == "\r\n") head.remove_prefix(2);  // empty lines read with it
+            if (head.empty()) continue;
             break;
         }
-        if (line->empty() && head.empty()) continue;
-        head.append(*line).append("\r\n");
-        if (head.size() > max_head) {
-            failure = error(431, "request header fields too large");
-            break;
+        const std::string_view pending = skip_empty_lines(in);
+        if (got.error() == ringsock::framing_errc::frame_too_long) {
+            const bool line_ended = pending.substr(0, max_request_line + 2).find("\r\n") != std::string_view::npos;
+            if (limit == max_request_line && line_ended) {
+                limit = max_head;
+                continue;
+            }
+            // 414 when it is the target that is long; anything else is malformed.
+            if (!line_ended) failure = error(pending.find(' ') < 32 ? 414 : 400, "request line too long");
+            else failure = error(431, "request header fields too large");
+        } else if (too_slow(got.error(), c) && !pending.empty()) {
+            failure = error(408, "request incomplete before the timeout");
+        } else {
+            co_return false;  // idle timeout, EOF, reset, shed, or shutting down
         }
-        if (line->empty()) break;  // the blank line ending the head
+        head = pending;
+        break;
     }
     request req;
-    if (!failure) failure = parse_head(head, cfg, req);
+    if (!failure) failure = parse_head(head, s.st.cfg, req);
     if (failure) {
-        if (req.method.empty()) req.method = leading_method(head.empty() ? in.buffered() : head);
         const response& r = *failure;
-        if (co_await respond(r, req, false)) co_await linger(sock);
+        auto sent = co_await s.respond(r, is_head_request(head), false, req.http10);
+        if (sent) co_await linger(s.sock);
         co_return false;
     }
+    const bool head_only = req.method == method_kind::head;
 
     // 2. The body: exactly Content-Length bytes.
-    if (req.expect_continue && req.content_length > in.buffered().size()) {
-        if (!co_await send("HTTP/1.1 100 Continue\r\n\r\n")) co_return false;
-    }
-    std::string body(req.content_length, '\0');
-    auto got = co_await in.read_exact(body, c.token());
-    if (!got) {
-        if (too_slow(got.error())) {
-            response timeout = error(408, "request body incomplete before the timeout");
-            if (co_await respond(timeout, req, false)) co_await linger(sock);
+    std::string body;
+    if (req.content_length > 0) {
+        if (req.expect_continue && req.content_length > in.buffered().size()) {
+            constexpr std::string_view interim = "HTTP/1.1 100 Continue\r\n\r\n";
+            auto sent = co_await s.write(interim);
+            if (!sent) co_return false;
         }
-        co_return false;
+        body.resize(req.content_length);
+        auto got = co_await in.read_exact(body, c.token());
+        if (!got) {
+            if (too_slow(got.error(), c)) {
+                const response timeout = error(408, "request body incomplete before the timeout");
+                auto sent = co_await s.respond(timeout, head_only, false, req.http10);
+                if (sent) co_await linger(s.sock);
+            }
+            co_return false;
+        }
     }
 
-    // 3. The response, under a fresh deadline (the write has its own time limit).
-    c.touch();
-    bool keep_alive = req.keep_alive && !c.token().stop_requested();
-    response r = route(req, peer, std::move(body));
-    if (!co_await respond(r, req, keep_alive)) co_return false;
-    co_return keep_alive;
+    // 3. The response.
+    co_return co_await answer(s, req, body);
+}
+
+// The common case: one whole request without a body, alone in the bytes an idle read
+// brought (in a buffer of the ring), parsed right there. nullopt: anything else
+// (pipelined, partial, with a body, empty lines first, an error): serve_request's turn.
+std::optional<request> whole_request(std::string_view bytes, const config& cfg) {
+    if (bytes.size() < 4 || bytes.substr(0, 2) == "\r\n" || bytes.find("\r\n\r\n") != bytes.size() - 4)
+        return std::nullopt;
+    request req;
+    if (parse_head(bytes.substr(0, bytes.size() - 4), cfg, req) || req.content_length != 0) return std::nullopt;
+    return req;
 }
 
 // One connection: requests in order until the client closes, asks to close, sends
 // something invalid, or does not complete a request within the deadline. Between
 // requests it waits holding no buffer.
 task<void> serve_connection(ringsock::stream_socket& sock, limits::connection& c, const server_state& st) {
-    const auto peer = ringsock::peer_credentials(sock);  // as of connect(): not spoofable
+    session s{sock, c, st, info_body(ringsock::peer_credentials(sock)), {}};  // as of connect(): not spoofable
     ringsock::buffer_ring& ring = st.rings->buffers(sock.context());
     for (bool open = true; open;) {
         // One deadline per request, from here: a client that trickles bytes cannot
@@ -448,14 +568,20 @@ task<void> serve_connection(ringsock::stream_socket& sock, limits::connection& c
         c.touch();
         auto first = co_await sock.read_some(ring, c.token());
         if (!first || first->empty()) break;  // idle timeout, EOF, reset, shed, or shutting down
+        if (const auto req = whole_request(first->chars(), st.cfg)) {
+            first->reset();  // the buffer goes back to the ring before the response is written
+            open = co_await answer(s, *req, {});
+            continue;
+        }
         // A request is arriving: read it, and any pipelined behind it, through a buffer
         // that lives until the connection is idle again (a head may grow it to max_head).
         seeded_stream src(sock, std::move(*first));
-        ringsock::buffered_stream in(src, ring_buffer_size, max_head + 2);
-        do {
-            open = co_await serve_request(sock, in, c, st, peer);
-            if (open) c.touch();  // the next pipelined request gets its own deadline
-        } while (open && (src.seeded() || !in.buffered().empty()));
+        ringsock::buffered_stream in(src, ring_buffer_size, max_head + 4);
+        for (;;) {
+            open = co_await serve_request(s, in);
+            if (!open || (!src.seeded() && in.buffered().empty())) break;
+            c.touch();  // the next pipelined request gets its own deadline
+        }
     }
     (void)sock.shutdown(ringsock::shutdown_how::both);
 }

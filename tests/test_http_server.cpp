@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <map>
 #include <memory>
 #include <thread>
@@ -624,4 +625,112 @@ TEST_CASE("http_server: 1500 half-sent clients against 1024 descriptors do not k
         CHECK(WEXITSTATUS(*st) == 0);
     }
     CHECK(no_children_left());
+}
+
+namespace {
+
+// A Date header value in IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT"), as seconds
+// since the epoch; -1 when it is not one.
+std::time_t imf_fixdate(const std::string& v) {
+    if (v.size() != 29 || v.compare(25, 4, " GMT") != 0) return -1;
+    std::tm tm{};
+    const char* end = ::strptime(v.c_str(), "%a, %d %b %Y %H:%M:%S", &tm);
+    if (!end || end != v.c_str() + 25) return -1;
+    return ::timegm(&tm);
+}
+
+// Whether `r` carries a well-formed Date within a few seconds of now.
+bool dated_now(const http_response& r) {
+    auto it = r.headers.find("date");
+    if (it == r.headers.end()) return false;
+    const std::time_t t = imf_fixdate(it->second);
+    const std::time_t now = std::time(nullptr);
+    return t >= now - 3 && t <= now + 1;
+}
+
+std::string echo_request(std::size_t body_size) {
+    return "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(body_size) + "\r\n\r\n" +
+           std::string(body_size, 'e');
+}
+
+}  // namespace
+
+TEST_CASE("http_server: every response has a well-formed, current Date header", "[http_server]") {
+    server srv;
+    client c(srv.path);
+    REQUIRE(c.send(get("/info") + get("/nope") + "DELETE /info HTTP/1.1\r\nHost: x\r\n\r\n" +
+                   "HEAD /info HTTP/1.1\r\nHost: x\r\n\r\n" + echo_request(3)));
+    for (int status : {200, 404, 405}) {
+        auto r = c.read_response();
+        CHECK(r.status == status);
+        CHECK(dated_now(r));
+    }
+    auto head = c.read_response(true);
+    CHECK(head.status == 200);
+    CHECK(dated_now(head));
+    auto echo = c.read_response();
+    CHECK(echo.body == "eee");
+    CHECK(dated_now(echo));
+
+    // Error responses that close the connection carry it too.
+    client bad(srv.path);
+    REQUIRE(bad.send("GET /info HTTP/1.1\r\n\r\n"));
+    auto r400 = bad.read_response();
+    CHECK(r400.status == 400);
+    CHECK(dated_now(r400));
+
+    // The cached value moves on with the clock.
+    const std::string first = echo.headers["date"];
+    std::this_thread::sleep_for(1100ms);
+    REQUIRE(c.send(get("/info")));
+    auto later = c.read_response();
+    CHECK(dated_now(later));
+    CHECK(imf_fixdate(later.headers["date"]) > imf_fixdate(first));
+}
+
+TEST_CASE("http_server: a response to a client that never reads it is ended by the connection deadline", "[http_server]") {
+    server srv({"--idle-timeout", "1"});
+    client stuck(srv.path);
+    // A 1 MiB echo: far more than the socket buffers hold, so the write blocks.
+    const std::size_t size = 1024 * 1024;
+    REQUIRE(stuck.send(echo_request(size)));
+    const auto start = std::chrono::steady_clock::now();
+    pollfd p{stuck.fd(), POLLRDHUP, 0};
+    bool hung_up = false;
+    while (!hung_up && std::chrono::steady_clock::now() - start < 10s) {
+        if (::poll(&p, 1, 100) == 1 && (p.revents & (POLLHUP | POLLRDHUP))) hung_up = true;
+    }
+    const auto took = std::chrono::steady_clock::now() - start;
+    CHECK(hung_up);
+    CHECK(took >= 500ms);  // not before the deadline
+    CHECK(took < 8s);
+
+    // Meanwhile others are served; the stuck client got only part of its response.
+    client other(srv.path);
+    REQUIRE(other.send(get("/info")));
+    CHECK(other.read_response().status == 200);
+    std::size_t got = 0;
+    std::array<char, 65536> sink;
+    for (ssize_t n; (n = ::recv(stuck.fd(), sink.data(), sink.size(), 0)) > 0;) got += static_cast<std::size_t>(n);
+    CHECK(got < size);
+}
+
+TEST_CASE("http_server: SIGTERM lets a response being written finish", "[http_server]") {
+    server srv;
+    client c(srv.path);
+    const std::size_t size = 1024 * 1024;
+    REQUIRE(c.send(echo_request(size)));
+    pollfd p{c.fd(), POLLIN, 0};
+    REQUIRE(::poll(&p, 1, 10000) == 1);  // the response has started
+    std::this_thread::sleep_for(100ms);  // and its write is blocked on the full socket
+    REQUIRE(::kill(srv.child.pid, SIGTERM) == 0);
+    std::this_thread::sleep_for(200ms);
+    auto r = c.read_response();
+    CHECK(r.status == 200);
+    CHECK(r.body.size() == size);
+    CHECK(c.closed_by_server());
+    auto st = srv.child.wait(15s);
+    REQUIRE(st);
+    CHECK(WIFEXITED(*st));
+    CHECK(WEXITSTATUS(*st) == 0);
 }
