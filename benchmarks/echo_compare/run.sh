@@ -217,9 +217,14 @@ echo "== load after:  $(uptime)"
 # --- table -----------------------------------------------------------------------------
 median() { sort -g | awk '{a[NR] = $1} END {if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 col() { awk -F'\t' -v s="$1" -v c="$2" -v f="$3" '$2 == s && $3 == c {print $f}' "$raw"; }
+# Per round: the server's us/rt over ringsock's in the same round (run minutes apart at most).
+paired() {
+    awk -F'\t' -v s="$1" -v c="$2" '$3 == c && $2 == "ringsock" {b[$1] = $4} $3 == c && $2 == s {o[$1] = $4}
+        END {for (r in o) if (b[r] > 0) print o[r] / b[r]}' "$raw"
+}
 
 echo
-printf '%-11s %5s %14s %16s %12s %10s %9s\n' server conns "us CPU/rt" "(min..max)" "rt/s" "ticks/run" "x ringsock"
+printf '%-11s %5s %10s %14s %8s %6s %10s %8s\n' server conns "us CPU/rt" "(min..max)" "rt/s" ticks "x ringsock" "paired"
 for c in $conns_list; do
     base=$(col ringsock "$c" 4 | median)
     for name in "${names[@]}"; do
@@ -230,11 +235,13 @@ for c in $conns_list; do
         rtps=$(col "$name" "$c" 5 | median)
         ticks=$(col "$name" "$c" 6 | median)
         ratio=$(awk -v a="$us" -v b="$base" 'BEGIN {if (b > 0 && a != "nan") printf "%.2f", a / b; else print "-"}')
-        printf '%-11s %5s %14.3f %16s %12.0f %10.0f %9s\n' "$name" "$c" "$us" "($lo..$hi)" "$rtps" "$ticks" "$ratio"
+        pr=$(paired "$name" "$c" | median | xargs printf '%.2f' 2>/dev/null || echo -)
+        printf '%-11s %5s %10.3f %14s %8.0f %6.0f %10s %8s\n' "$name" "$c" "$us" "($lo..$hi)" "$rtps" "$ticks" "$ratio" "$pr"
     done
 done
 echo
-echo "us CPU/rt: median over $rounds rounds of the server's utime+stime per round trip (clock ticks of"
-echo "1/$(getconf CLK_TCK) s; ticks/run is how many one measurement counted). x ringsock: times more CPU per"
-echo "round trip than ringsock's echo_server. Raw rows (round server conns us rt/s ticks): $raw"
+echo "us CPU/rt: median over $rounds rounds of the server's utime+stime per round trip (in clock ticks of"
+echo "1/$(getconf CLK_TCK) s; ticks: median count of one measurement). x ringsock: times more CPU per round trip"
+echo "than ringsock's echo_server (ratio of the medians); paired: median over rounds of that ratio within"
+echo "each round. Raw rows (round server conns us rt/s ticks): $raw"
 exit 0
