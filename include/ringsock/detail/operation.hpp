@@ -11,6 +11,7 @@
 #include <coroutine>
 #include <cstdint>
 #include <ctime>
+#include <new>
 #include <optional>
 #include <stop_token>
 #include <utility>
@@ -271,9 +272,23 @@ protected:
     /// Set with submit_late_ by submission::submit_direct: prepares this operation's SQE
     /// at the end of the turn without a virtual call (nullptr: the general path).
     bool (*prepare_late_)(submission&, operation*) noexcept = nullptr;
-    // The fields below are left uninitialized, so an operation without a time limit does
-    // not pay for them: deadline_ is valid only with has_deadline_, and the list links
-    // only while in_deadline_list_ / in_retry_list_ (op_list::push sets them).
+
+private:
+    struct canceller {
+        operation* op;
+        void operator()() const noexcept;
+    };
+    using stop_callback = std::stop_callback<canceller>;
+    std::stop_token stop_;
+    bool has_stop_cb_ = false;  // stop_cb_ holds a live callback
+
+protected:
+    // TRICKY: the fields below are left uninitialized, and the hot ones above come
+    // first: an operation without a time limit or a stop token never writes or reads
+    // these cache lines (with thousands of connections each op's construction would
+    // otherwise miss in L1 on them). deadline_ and timeout_ are valid only with
+    // has_deadline_, the list links only while in_deadline_list_ / in_retry_list_
+    // (op_list::push sets them), stop_cb_ only with has_stop_cb_.
     __kernel_timespec deadline_;
     // Links in the context's list of operations that wait in user space (gated or
     // pending) with a deadline: the kernel's link timeout cannot see them there.
@@ -290,13 +305,17 @@ protected:
 private:
     [[gnu::cold]] void settle_slow() noexcept;
     [[gnu::cold]] void leave_watches() noexcept;
-    struct canceller {
-        operation* op;
-        void operator()() const noexcept;
-    };
-    std::stop_token stop_;
-    std::chrono::nanoseconds timeout_;  // valid only with has_deadline_
-    std::optional<std::stop_callback<canceller>> stop_cb_;
+    void start_stop_callback() noexcept {
+        ::new (static_cast<void*>(stop_cb_)) stop_callback(stop_, canceller{this});
+        has_stop_cb_ = true;
+    }
+    /// Destroying the callback waits for a concurrent invocation on another thread.
+    void end_stop_callback() noexcept {
+        std::launder(reinterpret_cast<stop_callback*>(stop_cb_))->~stop_callback();
+        has_stop_cb_ = false;
+    }
+    std::chrono::nanoseconds timeout_;
+    alignas(stop_callback) unsigned char stop_cb_[sizeof(stop_callback)];
 };
 
 /// Absolute CLOCK_MONOTONIC deadline `d` from now, as io_uring wants it. `d` is

@@ -15,6 +15,7 @@ inline operation::~operation() {
     // kernel may read still exist. Reaching here unsettled is a bug in ringsock.
     if (state_ != op_state::done && state_ != op_state::idle)
         fatal("operation destroyed while the kernel or the loop still refers to it (missing settle())");
+    if (has_stop_cb_) [[unlikely]] end_stop_callback();  // never started, or not yet resumed
 }
 
 inline void operation::await_suspend(std::coroutine_handle<> h) {
@@ -34,7 +35,7 @@ inline void operation::await_suspend(std::coroutine_handle<> h) {
         }
         ctx_->submit(this);
     }
-    if (stop_.stop_possible()) stop_cb_.emplace(stop_, canceller{this});
+    if (stop_.stop_possible()) start_stop_callback();
 }
 
 template <class Op>
@@ -52,7 +53,7 @@ inline void operation::suspend_direct(std::coroutine_handle<> h) {
 inline void operation::canceller::operator()() const noexcept { op->ctx_->request_cancel_from_any_thread(op); }
 
 inline void operation::finish_wait() noexcept {
-    if (stop_cb_ || in_deadline_list_) [[unlikely]] leave_watches();
+    if (has_stop_cb_ || in_deadline_list_) [[unlikely]] leave_watches();
     if (holds_gate_) {
         op_gate* g = gate_;
         if (g->waiters.empty()) {  // nobody waits for the direction: just free it
@@ -69,16 +70,16 @@ inline void operation::finish_wait() noexcept {
 inline void operation::leave_watches() noexcept {
     // Destroying the callback waits for a concurrent invocation on another thread; only
     // that callback ever posts a remote cancel.
-    if (stop_cb_) {
-        stop_cb_.reset();
+    if (has_stop_cb_) {
+        end_stop_callback();
         if (remote_cancel_posted_.load(std::memory_order_acquire)) ctx_->purge_remote_cancel(this);
     }
     if (in_deadline_list_) ctx_->unwatch_deadline(this);
 }
 
 inline void operation::settle_slow() noexcept {
-    if (stop_cb_) {
-        stop_cb_.reset();
+    if (has_stop_cb_) {
+        end_stop_callback();
         if (remote_cancel_posted_.load(std::memory_order_acquire)) ctx_->purge_remote_cancel(this);
     }
     ctx_->settle(this);
