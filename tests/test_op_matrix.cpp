@@ -33,9 +33,9 @@
 // kernel said ENOBUFS; the wait is a TIMEOUT request), and it completes when the test
 // gives the buffer back (the wake ends the wait, the turn that reaps it queues the
 // receive again, and the next turn's enter completes it with the data). Their targets
-// carry no stop token unless the action is a stop, so they start by the direct path
-// (operation::suspend_direct). Each of their cells checks the result's size and that
-// every buffer is back with the kernel at the end.
+// carry no stop token unless the action is a stop (or a time limit), so those not
+// gated start by the direct path (operation::suspend_direct). Each of their cells checks
+// the result's size and that every buffer is back with the kernel at the end.
 #include <catch2/catch.hpp>
 
 #include <ringsock/ringsock.hpp>
