@@ -74,7 +74,14 @@ public:
             ctx_->submit(this);  // a buffer may be back: receive again
             return false;
         }
-        if (res_ == -ENOBUFS && !interrupted() && !socket_gone()) {
+        if (res_ == -ENOBUFS) {
+            // The ring was empty. Cut short (a stop, the time limit, the socket closed)
+            // before a buffer came back: it ends cancelled like the wait would, never
+            // with the kernel's ENOBUFS (not an error of the caller's: nothing was lost).
+            if (interrupted() || socket_gone()) {
+                res_ = -ECANCELED;
+                return true;
+            }
             waiting_ = true;
             // TRICKY: the file table would register the socket from this TIMEOUT's
             // sqe->fd (-1), emptying the slot every later read uses (EBADF).
