@@ -14,6 +14,8 @@
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
+#include <thread>
 #include <cstddef>
 #include <cstring>
 #include <memory>
@@ -37,6 +39,7 @@ using ringsock::io_result;
 using ringsock::lent_buffer;
 using ringsock::stream_socket;
 using ringsock::task;
+using ringsock::unique_fd;
 using ringsock::test::canceled;
 using ringsock::test::counted;
 using ringsock::test::drain_fd;
@@ -447,4 +450,133 @@ TEST_CASE("lean: an SQE left in the SQ by a submission the kernel cut short is s
     raw_send(p.second, "still submitted");
     REQUIRE(pump(ctx, [&] { return resumed == 1; }));
     CHECK(got == "still submitted");
+}
+
+// ---------------------------------------------------------------------------------
+// Moves onto and of sockets whose directions are busy; registered slots.
+// ---------------------------------------------------------------------------------
+
+TEST_CASE("lean: move-assigning an idle socket onto one with a direct read in flight cancels that read and frees both directions",
+          "[lean][move]") {
+    fd_leak_guard guard;
+    io_context ctx;
+    auto p = make_pair(ctx);
+    auto q = make_pair(ctx);
+    std::error_code ec;
+    int resumed = 0;
+    ctx.spawn([](stream_socket& s, std::error_code& e, int& count) -> task<void> {
+        std::array<char, 16> buf{};
+        auto r = co_await s.read_some(buf);
+        ++count;
+        if (!r) e = r.error();
+    }(p.first, ec, resumed));
+    ctx.poll();
+    ctx.poll();
+    REQUIRE(resumed == 0);
+    p.first = std::move(q.first);  // the source is idle: its gates are not moved
+    REQUIRE(pump(ctx, [&] { return resumed == 1; }));
+    CHECK(canceled(ec));
+    // Both directions of the target work at once (neither left busy).
+    raw_send(q.second, "to target");
+    std::string got;
+    auto w = ctx.sync_wait([](stream_socket& s, std::string& out) -> task<io_result<std::size_t>> {
+        std::array<char, 32> buf{};
+        auto r = co_await s.read_some(buf);
+        if (r) out.assign(buf.data(), *r);
+        co_return co_await s.write_all(std::string_view("from target"));
+    }(p.first, got));
+    CHECK(got == "to target");
+    REQUIRE(w);
+    CHECK(drain_fd(q.second.native_handle()) == "from target");
+    CHECK(q.first.native_handle() < 0);
+}
+
+TEST_CASE("lean: a registered socket moved with a read in flight, its moved-from object destroyed, keeps its slot working",
+          "[lean][move][registered]") {
+    fd_leak_guard guard;
+    io_context::options opts;
+    opts.registered_files = 4;
+    opts.register_after = 1;
+    io_context ctx(opts);
+    auto p = make_pair(ctx);
+    auto a = std::make_unique<stream_socket>(std::move(p.first));
+    // A few round trips so the socket takes a slot.
+    for (int i = 0; i < 4; ++i) {
+        auto n = ctx.sync_wait([](stream_socket& s) -> task<io_result<std::size_t>> {
+            co_return co_await s.write_all(std::string_view("x"));
+        }(*a));
+        REQUIRE(n);
+    }
+    CHECK(drain_fd(p.second.native_handle()) == "xxxx");
+    std::string got;
+    int resumed = 0;
+    ctx.spawn([](stream_socket& s, std::string& out, int& count) -> task<void> {
+        std::array<char, 32> buf{};
+        auto r = co_await s.read_some(buf);  // in flight on the registered slot
+        ++count;
+        if (r) out.assign(buf.data(), *r);
+    }(*a, got, resumed));
+    ctx.poll();
+    ctx.poll();
+    auto b = std::make_unique<stream_socket>(std::move(*a));
+    a.reset();
+    raw_send(p.second, "slot");
+    REQUIRE(pump(ctx, [&] { return resumed == 1; }));
+    CHECK(got == "slot");
+    for (int i = 0; i < 3; ++i) {
+        auto n = ctx.sync_wait([](stream_socket& s) -> task<io_result<std::size_t>> {
+            co_return co_await s.write_all(std::string_view("y"));
+        }(*b));
+        REQUIRE(n);
+    }
+    CHECK(drain_fd(p.second.native_handle()) == "yyy");
+    b.reset();
+    // The descriptor is closed: the peer sees end of stream.
+    std::string rest;
+    CHECK(ringsock::test::wait_eof(p.second.native_handle(), rest));
+    CHECK(rest.empty());
+}
+
+// ---------------------------------------------------------------------------------
+// Threads: rings of a pool running direct-path operations, fed from another thread.
+// ---------------------------------------------------------------------------------
+
+TEST_CASE("lean: two pool rings ping-pong across threads with direct-path operations started by post and spawn_on",
+          "[lean][threads]") {
+    fd_leak_guard guard;
+    constexpr int rounds = 2000;
+    std::atomic<int> finished{0};
+    std::atomic<int> bad{0};
+    {
+        ringsock::context_pool pool(2);
+        int sv[2];
+        REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+        auto pinger = [](io_context& c, int fd, std::atomic<int>& done, std::atomic<int>& errors) -> task<void> {
+            stream_socket s(c, unique_fd(fd));
+            std::array<char, 4> buf{};
+            for (int i = 0; i < rounds; ++i) {
+                auto w = co_await s.write_all(std::string_view("ping"));
+                auto r = co_await s.read_exact(buf);
+                if (!w || !r || std::string_view(buf.data(), 4) != "pong") ++errors;
+            }
+            ++done;
+        };
+        auto ponger = [](io_context& c, int fd, std::atomic<int>& done, std::atomic<int>& errors) -> task<void> {
+            stream_socket s(c, unique_fd(fd));
+            std::array<char, 4> buf{};
+            for (int i = 0; i < rounds; ++i) {
+                auto r = co_await s.read_exact(buf);
+                if (!r || std::string_view(buf.data(), 4) != "ping") ++errors;
+                auto w = co_await s.write_all(std::string_view("pong"));
+                if (!w) ++errors;
+            }
+            ++done;
+        };
+        ringsock::spawn_on(pool[0], pinger(pool[0], sv[0], finished, bad));
+        io_context& c1 = pool[1];
+        ringsock::post(c1, [&c1, fd = sv[1], &finished, &bad, ponger] { c1.spawn(ponger(c1, fd, finished, bad)); });
+        for (int i = 0; i < 20000 && finished.load() < 2; ++i) std::this_thread::sleep_for(1ms);
+    }
+    CHECK(finished.load() == 2);
+    CHECK(bad.load() == 0);
 }
