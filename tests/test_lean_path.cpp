@@ -9,6 +9,7 @@
 #include <ringsock/ringsock.hpp>
 
 #include <liburing.h>
+#include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -579,4 +580,153 @@ TEST_CASE("lean: two pool rings ping-pong across threads with direct-path operat
     }
     CHECK(finished.load() == 2);
     CHECK(bad.load() == 0);
+}
+
+// ---------------------------------------------------------------------------------
+// Message, vectored and closed-socket operations on the direct path.
+// ---------------------------------------------------------------------------------
+
+namespace {
+
+/// Sends `data` with `fd` attached (SCM_RIGHTS), outside the ring.
+void raw_send_fd(int sock, const std::string& data, int fd) {
+    msghdr msg{};
+    iovec iov{const_cast<char*>(data.data()), data.size()};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(int))]{};
+    msg.msg_control = ctrl;
+    msg.msg_controllen = sizeof ctrl;
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    REQUIRE(::sendmsg(sock, &msg, MSG_NOSIGNAL) == static_cast<ssize_t>(data.size()));
+}
+
+}  // namespace
+
+TEST_CASE("lean: an fd_stream moved while its descriptor-carrying read waits in the late list queues the descriptor in the new object",
+          "[lean][late][move][fds]") {
+    fd_leak_guard guard;
+    io_context ctx;
+    auto p = ringsock::fd_stream::pair(ctx);
+    REQUIRE(p);
+    auto a = std::make_unique<ringsock::fd_stream>(std::move(p->first));
+    ringsock::fd_stream& b = p->second;
+    std::unique_ptr<ringsock::fd_stream> moved;
+    std::string got;
+    int resumed = 0;
+    ctx.spawn([](io_context& c, ringsock::fd_stream& s, std::string& out, int& count) -> task<void> {
+        co_await c.yield();
+        std::array<char, 32> buf{};
+        auto r = co_await s.read_some(buf);  // recv_msg_op, direct, queued late
+        ++count;
+        if (r) out.assign(buf.data(), *r);
+    }(ctx, *a, got, resumed));
+    ctx.spawn([](io_context& c, std::unique_ptr<ringsock::fd_stream>& from,
+                 std::unique_ptr<ringsock::fd_stream>& to) -> task<void> {
+        co_await c.yield();
+        to = std::make_unique<ringsock::fd_stream>(std::move(*from));
+        from.reset();
+    }(ctx, a, moved));
+    ctx.poll();
+    ctx.poll();
+    REQUIRE(moved);
+    int pipefd[2];
+    REQUIRE(::pipe2(pipefd, O_CLOEXEC) == 0);
+    raw_send_fd(b.native_handle(), "with fd", pipefd[0]);
+    ::close(pipefd[0]);
+    REQUIRE(pump(ctx, [&] { return resumed == 1; }));
+    CHECK(got == "with fd");
+    REQUIRE(moved->queued_fds() == 1);
+    unique_fd r = moved->take_fd();
+    REQUIRE(r);
+    REQUIRE(::write(pipefd[1], "z", 1) == 1);
+    char z = 0;
+    CHECK(::read(r.get(), &z, 1) == 1);
+    CHECK(z == 'z');
+    ::close(pipefd[1]);
+}
+
+TEST_CASE("lean: vectored reads queued late on sockets closed or destroyed in the same turn end cancelled, the rest get their bytes",
+          "[lean][late][vectored]") {
+    fd_leak_guard guard;
+    io_context ctx;
+    constexpr int n = 30;
+    std::vector<std::unique_ptr<stream_socket>> mine(n);
+    std::vector<stream_socket> peers;
+    for (int i = 0; i < n; ++i) {
+        auto p = make_pair(ctx);
+        mine[static_cast<std::size_t>(i)] = std::make_unique<stream_socket>(std::move(p.first));
+        peers.push_back(std::move(p.second));
+    }
+    std::vector<int> resumed(n, 0);
+    std::vector<std::error_code> ecs(n);
+    std::vector<std::string> got(n);
+    for (int i = 0; i < n; ++i) {
+        const auto k = static_cast<std::size_t>(i);
+        ctx.spawn([](io_context& c, stream_socket& s, int& count, std::error_code& ec, std::string& out) -> task<void> {
+            co_await c.yield();
+            std::array<char, 3> x{};
+            std::array<char, 29> y{};
+            const std::array<iovec, 2> iov{iovec{x.data(), x.size()}, iovec{y.data(), y.size()}};
+            auto r = co_await s.read_some(std::span<const iovec>(iov));
+            ++count;
+            if (!r) {
+                ec = r.error();
+            } else {
+                std::string all(x.data(), x.size());
+                all.append(y.data(), y.size());
+                out = all.substr(0, *r);
+            }
+        }(ctx, *mine[k], resumed[k], ecs[k], got[k]));
+    }
+    ctx.spawn([](io_context& c, std::vector<std::unique_ptr<stream_socket>>& socks) -> task<void> {
+        co_await c.yield();
+        for (std::size_t i = 0; i < socks.size(); ++i) {
+            if (i % 3 == 0) socks[i].reset();
+            if (i % 3 == 1) socks[i]->close();
+        }
+    }(ctx, mine));
+    ctx.poll();
+    ctx.poll();
+    for (int i = 2; i < n; i += 3) raw_send(peers[static_cast<std::size_t>(i)], "vectored-" + std::to_string(i));
+    ctx.run();
+    for (int i = 0; i < n; ++i) {
+        const auto k = static_cast<std::size_t>(i);
+        CHECK(resumed[k] == 1);
+        if (i % 3 == 2) CHECK(got[k] == "vectored-" + std::to_string(i));
+        else CHECK(canceled(ecs[k]));
+    }
+}
+
+TEST_CASE("lean: operations started on a closed socket, then its object destroyed in the same turn, fail without touching it",
+          "[lean][late][closed]") {
+    fd_leak_guard guard;
+    io_context ctx;
+    auto p = make_pair(ctx);
+    auto a = std::make_unique<stream_socket>(std::move(p.first));
+    a->close();
+    std::vector<std::error_code> ecs;
+    int resumed = 0;
+    for (int i = 0; i < 4; ++i) {
+        ctx.spawn([](io_context& c, stream_socket& s, int i, std::vector<std::error_code>& out, int& count) -> task<void> {
+            co_await c.yield();
+            std::array<char, 8> buf{};
+            io_result<std::size_t> r = i % 2 ? co_await s.read_some(buf) : co_await s.write_all(std::string_view("no"));
+            ++count;
+            out.push_back(r ? std::error_code{} : r.error());
+        }(ctx, *a, i, ecs, resumed));
+    }
+    ctx.spawn([](io_context& c, std::unique_ptr<stream_socket>& s) -> task<void> {
+        co_await c.yield();
+        s.reset();
+    }(ctx, a));
+    ctx.run();
+    CHECK(resumed == 4);
+    REQUIRE(ecs.size() == 4);
+    for (const auto& ec : ecs) CHECK(ec);
+    CHECK(drain_fd(p.second.native_handle()).empty());
 }
