@@ -64,6 +64,14 @@ rlim_t raise_nofile() {
     return rl.rlim_cur;
 }
 
+/// Options under which a socket takes a registered slot with its first request.
+io_context::options register_at_once() {
+    io_context::options opts;
+    opts.registered_files = 4;
+    opts.register_after = 1;
+    return opts;
+}
+
 /// Reads exactly `n` bytes from `s` through the ring (with or without a stop token).
 task<void> ring_read_exact(stream_socket& s, std::size_t n, std::string& out, std::stop_token tok, bool use_tok) {
     std::string buf(n, '\0');
@@ -506,10 +514,7 @@ TEST_CASE("lean: move-assigning an idle socket onto one with a direct read in fl
 TEST_CASE("lean: a registered socket moved with a read in flight, its moved-from object destroyed, keeps its slot working",
           "[lean][move][registered]") {
     fd_leak_guard guard;
-    io_context::options opts;
-    opts.registered_files = 4;
-    opts.register_after = 1;
-    io_context ctx(opts);
+    io_context ctx(register_at_once());
     auto p = make_pair(ctx);
     auto a = std::make_unique<stream_socket>(std::move(p.first));
     // A few round trips so the socket takes a slot.
@@ -747,10 +752,7 @@ TEST_CASE("lean: operations started on a closed socket, then its object destroye
 TEST_CASE("lean: a starved lent read on a socket that takes a registered slot at once resumes with its bytes when a buffer returns",
           "[lean][buffer_ring][registered]") {
     fd_leak_guard guard;
-    io_context::options opts;
-    opts.registered_files = 4;
-    opts.register_after = 1;
-    io_context ctx(opts);
+    io_context ctx(register_at_once());
     buffer_ring ring(ctx, 1, 64);
     auto p = make_pair(ctx);
     auto q = make_pair(ctx);
@@ -779,4 +781,41 @@ TEST_CASE("lean: a starved lent read on a socket that takes a registered slot at
     REQUIRE(pump(ctx, [&] { return resumed == 3; }));
     CHECK(got == std::vector<std::string>{"one", "two", "three"});
     ctx.run();
+}
+
+TEST_CASE("lean: a plain read gated behind a when_any loser takes the direction when the loser is cancelled, and loses no byte",
+          "[lean][when_any][order]") {
+    fd_leak_guard guard;
+    io_context ctx;
+    auto p = make_pair(ctx);
+    auto q = make_pair(ctx);
+    for (int round = 0; round < 50; ++round) {
+        std::optional<std::size_t> winner;
+        std::string plain_got;
+        int plain_done = 0;
+        ctx.spawn([](stream_socket& a, stream_socket& c, std::optional<std::size_t>& w) -> task<void> {
+            std::array<char, 8> buf1{}, buf2{};
+            auto r = co_await ringsock::when_any(
+                [&](std::stop_token st) -> task<io_result<std::size_t>> { co_return co_await a.read_some(buf1, st); },
+                [&](std::stop_token st) -> task<io_result<std::size_t>> { co_return co_await c.read_some(buf2, st); });
+            w = r.index();
+        }(p.first, q.first, winner));
+        // Spawned second: its read (no token, no limit) finds the direction held by the
+        // when_any child and waits behind it.
+        ctx.spawn([](stream_socket& a, std::string& out, int& done) -> task<void> {
+            std::array<char, 16> buf{};
+            auto r = co_await a.read_some(buf);
+            if (r) out.assign(buf.data(), *r);
+            ++done;
+        }(p.first, plain_got, plain_done));
+        ctx.poll();
+        ctx.poll();
+        raw_send(q.second, "q");
+        REQUIRE(pump(ctx, [&] { return winner.has_value(); }));
+        CHECK(*winner == 1);
+        CHECK(plain_done == 0);
+        raw_send(p.second, "p" + std::to_string(round));
+        REQUIRE(pump(ctx, [&] { return plain_done == 1; }));
+        CHECK(plain_got == "p" + std::to_string(round));
+    }
 }
