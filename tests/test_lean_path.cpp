@@ -64,6 +64,14 @@ rlim_t raise_nofile() {
     return rl.rlim_cur;
 }
 
+/// A context and two connected pairs on it, behind a descriptor-leak guard.
+struct two_pairs {
+    fd_leak_guard guard;
+    io_context ctx;
+    pair_t p = make_pair(ctx);
+    pair_t q = make_pair(ctx);
+};
+
 /// Options under which a socket takes a registered slot with its first request.
 io_context::options register_at_once() {
     io_context::options opts;
@@ -478,10 +486,10 @@ TEST_CASE("lean: an SQE left in the SQ by a submission the kernel cut short is s
 
 TEST_CASE("lean: move-assigning an idle socket onto one with a direct read in flight cancels that read and frees both directions",
           "[lean][move]") {
-    fd_leak_guard guard;
-    io_context ctx;
-    auto p = make_pair(ctx);
-    auto q = make_pair(ctx);
+    two_pairs f;  // named members: clang 14 cannot capture structured bindings
+    auto& ctx = f.ctx;
+    auto& p = f.p;
+    auto& q = f.q;
     std::error_code ec;
     int resumed = 0;
     ctx.spawn([](stream_socket& s, std::error_code& e, int& count) -> task<void> {
@@ -785,10 +793,10 @@ TEST_CASE("lean: a starved lent read on a socket that takes a registered slot at
 
 TEST_CASE("lean: a plain read gated behind a when_any loser takes the direction when the loser is cancelled, and loses no byte",
           "[lean][when_any][order]") {
-    fd_leak_guard guard;
-    io_context ctx;
-    auto p = make_pair(ctx);
-    auto q = make_pair(ctx);
+    two_pairs f;  // named members: clang 14 cannot capture structured bindings
+    auto& ctx = f.ctx;
+    auto& p = f.p;
+    auto& q = f.q;
     for (int round = 0; round < 50; ++round) {
         std::optional<std::size_t> winner;
         std::string plain_got;
