@@ -827,3 +827,35 @@ TEST_CASE("lean: a plain read gated behind a when_any loser takes the direction 
         CHECK(plain_got == "p" + std::to_string(round));
     }
 }
+
+TEST_CASE("lean: stop requests from another thread on token reads alternating with plain reads on one socket lose no byte",
+          "[lean][threads][stop]") {
+    fd_leak_guard guard;
+    io_context ctx;
+    auto p = make_pair(ctx);
+    constexpr int rounds = 300;
+    int bytes = 0, cancels = 0, errors = 0;
+    for (int i = 0; i < rounds; ++i) {
+        std::stop_source src;
+        std::thread stopper([&src] { src.request_stop(); });
+        raw_send(p.second, "x");
+        ctx.sync_wait([](stream_socket& a, std::stop_token tok, int& got, int& canc, int& err) -> task<void> {
+            std::array<char, 1> buf{};
+            auto r = co_await a.read_some(buf, tok);  // general path, may be stopped from the other thread
+            if (r && *r == 1 && buf[0] == 'x') {
+                ++got;
+                co_return;
+            }
+            if (!r && canceled(r.error())) ++canc;
+            else ++err;
+            auto again = co_await a.read_some(buf);  // direct path: the byte is still there
+            if (again && *again == 1 && buf[0] == 'x') ++got;
+            else ++err;
+        }(p.first, src.get_token(), bytes, cancels, errors));
+        stopper.join();
+    }
+    CHECK(errors == 0);
+    CHECK(bytes == rounds);
+    CHECK(ringsock::test::readable_bytes(p.first) == 0);
+    INFO("cancelled: " << cancels);
+}
