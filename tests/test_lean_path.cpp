@@ -859,3 +859,49 @@ TEST_CASE("lean: stop requests from another thread on token reads alternating wi
     CHECK(ringsock::test::readable_bytes(p.first) == 0);
     INFO("cancelled: " << cancels);
 }
+
+TEST_CASE("lean: a socket moved while its direct read is held back by the in-flight cap, then destroyed, hands the read to the new object",
+          "[lean][cap][move]") {
+    fd_leak_guard guard;
+    io_context::options opts;
+    opts.entries = 2;  // CQ of 8: the cap
+    io_context ctx(opts);
+    std::vector<pair_t> idle;
+    for (int i = 0; i < 8; ++i) idle.push_back(make_pair(ctx));
+    auto p = make_pair(ctx);
+    auto a = std::make_unique<stream_socket>(std::move(p.first));
+    int idle_done = 0, resumed = 0;
+    std::string got;
+    // Spawned first: eight idle reads take the whole cap in the first turn...
+    for (auto& q : idle) {
+        ctx.spawn([](stream_socket& s, int& done) -> task<void> {
+            std::array<char, 8> buf{};
+            (void)co_await s.read_some(buf);
+            ++done;
+        }(q.first, idle_done));
+    }
+    // ...and a ninth read waits in user space, pending behind the cap.
+    ctx.spawn([](stream_socket& s, std::string& out, int& count) -> task<void> {
+        std::array<char, 32> buf{};
+        auto r = co_await s.read_some(buf);
+        ++count;
+        if (r) out.assign(buf.data(), *r);
+    }(*a, got, resumed));
+    // A coroutine that is always ready keeps the loop from submitting past the cap.
+    bool spin = true;
+    ctx.spawn([](io_context& c, bool& on) -> task<void> {
+        while (on) co_await c.yield();
+    }(ctx, spin));
+    for (int i = 0; i < 5; ++i) ctx.poll();
+    auto b = std::make_unique<stream_socket>(std::move(*a));
+    a.reset();
+    raw_send(p.second, "held back");
+    spin = false;
+    REQUIRE(pump(ctx, [&] { return resumed == 1; }));
+    CHECK(got == "held back");
+    CHECK(idle_done == 0);
+    idle.clear();
+    b.reset();
+    ctx.run();
+    CHECK(idle_done == 8);
+}
