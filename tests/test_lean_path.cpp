@@ -64,6 +64,18 @@ rlim_t raise_nofile() {
     return rl.rlim_cur;
 }
 
+/// Spawns a plain read on the first socket of each pair (counting in `done` when one
+/// ends): reads that stay in flight until the pairs are destroyed.
+void spawn_idle_reads(io_context& ctx, std::vector<pair_t>& pairs, int& done) {
+    for (auto& q : pairs) {
+        ctx.spawn([](stream_socket& s, int& count) -> task<void> {
+            std::array<char, 8> buf{};
+            (void)co_await s.read_some(buf);
+            ++count;
+        }(q.first, done));
+    }
+}
+
 /// A context and two connected pairs on it, behind a descriptor-leak guard.
 struct two_pairs {
     fd_leak_guard guard;
@@ -235,13 +247,7 @@ TEST_CASE("lean: on a two-entry ring, write_all with and without a stop token on
     std::vector<pair_t> idle;
     for (int i = 0; i < 40; ++i) idle.push_back(make_pair(ctx));
     int idle_done = 0;
-    for (auto& q : idle) {
-        ctx.spawn([](stream_socket& s, int& done) -> task<void> {
-            std::array<char, 8> buf{};
-            (void)co_await s.read_some(buf);
-            ++done;
-        }(q.first, idle_done));
-    }
+    spawn_idle_reads(ctx, idle, idle_done);
     auto p = make_pair(ctx);
     std::stop_source never;
     constexpr std::size_t len = 300000;
@@ -873,13 +879,7 @@ TEST_CASE("lean: a socket moved while its direct read is held back by the in-fli
     int idle_done = 0, resumed = 0;
     std::string got;
     // Spawned first: eight idle reads take the whole cap in the first turn...
-    for (auto& q : idle) {
-        ctx.spawn([](stream_socket& s, int& done) -> task<void> {
-            std::array<char, 8> buf{};
-            (void)co_await s.read_some(buf);
-            ++done;
-        }(q.first, idle_done));
-    }
+    spawn_idle_reads(ctx, idle, idle_done);
     // ...and a ninth read waits in user space, pending behind the cap.
     ctx.spawn([](stream_socket& s, std::string& out, int& count) -> task<void> {
         std::array<char, 32> buf{};
