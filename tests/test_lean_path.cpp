@@ -905,3 +905,35 @@ TEST_CASE("lean: a socket moved while its direct read is held back by the in-fli
     ctx.run();
     CHECK(idle_done == 8);
 }
+
+TEST_CASE("lean: sync_wait left by an exception in the turn where its task's reads sit in the late list destroys them all",
+          "[lean][late][lifetime]") {
+    fd_leak_guard guard;
+    io_context ctx;
+    constexpr int n = 4;
+    std::vector<pair_t> pairs;
+    for (int i = 0; i < n; ++i) pairs.push_back(make_pair(ctx));
+    auto reader = [](io_context& c, stream_socket& s, bool spawn_thrower) -> task<void> {
+        // The last child queues a task that throws as soon as it starts: it runs in the
+        // next turn right after the other children, whose reads are then in the late list.
+        if (spawn_thrower) {
+            c.spawn([]() -> task<void> {
+                throw std::runtime_error("boom");
+                co_return;
+            }());
+        }
+        co_await c.yield();
+        std::array<char, 8> buf{};
+        (void)co_await s.read_some(buf);
+    };
+    auto body = [&]() -> task<void> {
+        (void)co_await ringsock::when_all(reader(ctx, pairs[0].first, false), reader(ctx, pairs[1].first, false),
+                                          reader(ctx, pairs[2].first, false), reader(ctx, pairs[3].first, true));
+    };
+    CHECK_THROWS_AS(ctx.sync_wait(body()), std::runtime_error);
+    CHECK(ctx.outstanding_work() == 0);
+    // No orphaned read takes these bytes.
+    for (auto& q : pairs) raw_send(q.second, "k");
+    for (int i = 0; i < 5; ++i) ctx.poll();
+    for (auto& q : pairs) CHECK(ringsock::test::readable_bytes(q.first) == 1);
+}
