@@ -123,11 +123,15 @@ public:
         // io_uring_enter through the registered ring descriptor when there is one.
         io_uring_sq& sq = ring_.sq;
         const unsigned tail = sq.sqe_tail;
-        const unsigned to_submit = tail - sq.sqe_head;
-        if (to_submit != 0) {
+        if (sq.sqe_head != tail) {
             sq.sqe_head = tail;
             io_uring_smp_store_release(sq.ktail, tail);
         }
+        // Counted from the kernel's head, as liburing does, not from sqe_head: a
+        // submission the kernel cut short (an SQE it rejected, without
+        // IORING_SETUP_SUBMIT_ALL; -EAGAIN) leaves SQEs in the SQ that sqe_head already
+        // counts as handed over, and they must go with this enter.
+        const unsigned to_submit = tail - __atomic_load_n(sq.khead, __ATOMIC_RELAXED);
         unsigned flags = IORING_ENTER_GETEVENTS;
         if (features_.registered_ring_fd) flags |= IORING_ENTER_REGISTERED_RING;
         const long rc = ::syscall(__NR_io_uring_enter, ring_.enter_ring_fd, to_submit, wait ? 1U : 0U, flags,
