@@ -223,8 +223,9 @@ protected:
         on_socket_ = true;
     }
     /// await_suspend for a socket operation of final type `Op`: in the common case (no
-    /// time limit, no stop token, its direction free) the SQE is prepared without a
-    /// virtual call (submission::submit_direct); anything else takes the general path.
+    /// time limit, its direction free) the SQE is prepared without a virtual call
+    /// (submission::submit_direct), and a stop callback is registered only if the
+    /// operation has a stop token; anything else takes the general path.
     template <class Op>
     [[gnu::always_inline]] void suspend_direct(std::coroutine_handle<> h);
     /// Speculative I/O (speculation.hpp): whether one direct non-blocking syscall is

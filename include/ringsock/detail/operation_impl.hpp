@@ -41,13 +41,16 @@ inline void operation::await_suspend(std::coroutine_handle<> h) {
 template <class Op>
 inline void operation::suspend_direct(std::coroutine_handle<> h) {
     // Socket operations always have a gate (attach()).
-    if (has_deadline_ || gate_->busy || stop_possible()) [[unlikely]] return operation::await_suspend(h);
+    if (has_deadline_ || gate_->busy) [[unlikely]] return operation::await_suspend(h);
     waiter_ = h;
     ctx_->add_work();
     gate_->busy = true;
     gate_->holder = this;
     holds_gate_ = true;
     ctx_->submit_direct(static_cast<Op*>(this));
+    // After the submission, as in await_suspend: a stop requested meanwhile runs the
+    // callback at once, on this thread, and cancels what was just queued.
+    if (stop_.stop_possible()) [[unlikely]] start_stop_callback();
 }
 
 inline void operation::canceller::operator()() const noexcept { op->ctx_->request_cancel_from_any_thread(op); }

@@ -125,7 +125,7 @@ public:
         return try_now();
     }
 
-    /// The common case inline: no time limit, no stop token, the direction free.
+    /// The common case inline: no time limit, the direction free.
     [[gnu::always_inline]] void await_suspend(std::coroutine_handle<> h) { suspend_direct<transfer_op>(h); }
 
     void prepare(io_uring_sqe* sqe) noexcept override {
