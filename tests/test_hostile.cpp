@@ -48,28 +48,12 @@ using ringsock::unique_fd;
 using ringsock::test::fd_leak_guard;
 using ringsock::test::make_pair;
 using ringsock::test::raw_send;
+using ringsock::test::raw_send_fd;
 
 std::pair<fd_stream, fd_stream> make_fd_pair(io_context& ctx) {
     auto p = fd_stream::pair(ctx);
     REQUIRE(p);
     return std::move(*p);
-}
-
-/// Sends `data` with `fd` attached (SCM_RIGHTS), outside the ring.
-void raw_send_fd(int sock, const std::string& data, int fd) {
-    msghdr msg{};
-    iovec iov{const_cast<char*>(data.data()), data.size()};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(int))]{};
-    msg.msg_control = ctrl;
-    msg.msg_controllen = sizeof ctrl;
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
-    REQUIRE(::sendmsg(sock, &msg, MSG_NOSIGNAL) == static_cast<ssize_t>(data.size()));
 }
 
 }  // namespace

@@ -42,6 +42,7 @@ using ringsock::stream_socket;
 using ringsock::task;
 using ringsock::unique_fd;
 using ringsock::test::canceled;
+using ringsock::test::raw_send_fd;
 using ringsock::test::counted;
 using ringsock::test::drain_fd;
 using ringsock::test::fd_leak_guard;
@@ -103,6 +104,22 @@ task<void> ring_read_exact(stream_socket& s, std::size_t n, std::string& out, st
     if (ok) out += buf;
 }
 
+/// `n` connected pairs: our ends, each on the heap so a test can destroy one while the
+/// rest live on, and their peers.
+struct socket_pairs {
+    std::vector<std::unique_ptr<stream_socket>> mine;
+    std::vector<stream_socket> peers;
+};
+socket_pairs make_pairs(io_context& ctx, int n) {
+    socket_pairs s;
+    for (int i = 0; i < n; ++i) {
+        auto p = make_pair(ctx);
+        s.mine.push_back(std::make_unique<stream_socket>(std::move(p.first)));
+        s.peers.push_back(std::move(p.second));
+    }
+    return s;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------
@@ -114,13 +131,9 @@ TEST_CASE("lean: receives queued late are cancelled when a later coroutine of th
     fd_leak_guard guard;
     io_context ctx;
     constexpr int n = 60;
-    std::vector<std::unique_ptr<stream_socket>> mine(n);
-    std::vector<stream_socket> peers;
-    for (int i = 0; i < n; ++i) {
-        auto p = make_pair(ctx);
-        mine[static_cast<std::size_t>(i)] = std::make_unique<stream_socket>(std::move(p.first));
-        peers.push_back(std::move(p.second));
-    }
+    socket_pairs pairs = make_pairs(ctx, n);
+    auto& mine = pairs.mine;
+    auto& peers = pairs.peers;
     std::vector<int> resumed(n, 0);
     std::vector<std::error_code> ecs(n);
     std::vector<std::string> got(n);
@@ -616,27 +629,6 @@ TEST_CASE("lean: two pool rings ping-pong across threads with direct-path operat
 // Message, vectored and closed-socket operations on the direct path.
 // ---------------------------------------------------------------------------------
 
-namespace {
-
-/// Sends `data` with `fd` attached (SCM_RIGHTS), outside the ring.
-void raw_send_fd(int sock, const std::string& data, int fd) {
-    msghdr msg{};
-    iovec iov{const_cast<char*>(data.data()), data.size()};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(int))]{};
-    msg.msg_control = ctrl;
-    msg.msg_controllen = sizeof ctrl;
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
-    REQUIRE(::sendmsg(sock, &msg, MSG_NOSIGNAL) == static_cast<ssize_t>(data.size()));
-}
-
-}  // namespace
-
 TEST_CASE("lean: an fd_stream moved while its descriptor-carrying read waits in the late list queues the descriptor in the new object",
           "[lean][late][move][fds]") {
     fd_leak_guard guard;
@@ -685,13 +677,9 @@ TEST_CASE("lean: vectored reads queued late on sockets closed or destroyed in th
     fd_leak_guard guard;
     io_context ctx;
     constexpr int n = 30;
-    std::vector<std::unique_ptr<stream_socket>> mine(n);
-    std::vector<stream_socket> peers;
-    for (int i = 0; i < n; ++i) {
-        auto p = make_pair(ctx);
-        mine[static_cast<std::size_t>(i)] = std::make_unique<stream_socket>(std::move(p.first));
-        peers.push_back(std::move(p.second));
-    }
+    socket_pairs pairs = make_pairs(ctx, n);
+    auto& mine = pairs.mine;
+    auto& peers = pairs.peers;
     std::vector<int> resumed(n, 0);
     std::vector<std::error_code> ecs(n);
     std::vector<std::string> got(n);

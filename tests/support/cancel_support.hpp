@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <cstddef>
 #include <string>
 #include <utility>
@@ -28,6 +29,23 @@ inline std::pair<stream_socket, stream_socket> make_pair(io_context& ctx) {
 inline void raw_send(const stream_socket& s, const std::string& data) {
     auto n = ::send(s.native_handle(), data.data(), data.size(), MSG_NOSIGNAL);
     REQUIRE(n == static_cast<ssize_t>(data.size()));
+}
+
+/// Sends `data` with `fd` attached (SCM_RIGHTS), outside the ring.
+inline void raw_send_fd(int sock, const std::string& data, int fd) {
+    msghdr msg{};
+    iovec iov{const_cast<char*>(data.data()), data.size()};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(int))]{};
+    msg.msg_control = ctrl;
+    msg.msg_controllen = sizeof ctrl;
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    REQUIRE(::sendmsg(sock, &msg, MSG_NOSIGNAL) == static_cast<ssize_t>(data.size()));
 }
 
 /// Bytes queued for reading on `s` (FIONREAD), without consuming them.
