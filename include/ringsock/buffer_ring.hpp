@@ -30,10 +30,30 @@
 namespace ringsock {
 
 class buffer_ring;
+class ring_reader;
 
 namespace detail {
 class lent_receive_op;
 struct buffer_ring_core;
+
+/// What a buffer_ring knows of a read that names it (lent_receive_op, a ring_reader's
+/// engine): it can be woken when a buffer comes back and cancelled when the ring goes.
+class buffer_ring_user {
+public:
+    /// A buffer came back while this read waited for one.
+    virtual void wake() noexcept = 0;
+    /// The buffer_ring is being destroyed: end this read.
+    virtual void cancel_for_close() noexcept = 0;
+
+    buffer_ring_user* starved_next_ = nullptr;
+    buffer_ring_user* starved_prev_ = nullptr;
+    bool starved_ = false;
+    buffer_ring_user* user_next_ = nullptr;
+    buffer_ring_user* user_prev_ = nullptr;
+
+protected:
+    ~buffer_ring_user() = default;
+};
 }
 
 /// One buffer of a buffer_ring, lent to the caller. Move-only; returns to its ring
@@ -108,9 +128,9 @@ struct buffer_ring_core {
     unsigned users = 0;
     std::uint16_t group = 0;
     bool closed = false;  // the buffer_ring handle is gone: nothing is given back to the kernel
-    lent_receive_op* starved_head = nullptr;
-    lent_receive_op* starved_tail = nullptr;
-    lent_receive_op* users_head = nullptr;
+    buffer_ring_user* starved_head = nullptr;
+    buffer_ring_user* starved_tail = nullptr;
+    buffer_ring_user* users_head = nullptr;
 
     ~buffer_ring_core() {
         if (pool) ::munmap(pool, pool_bytes);
@@ -127,11 +147,11 @@ struct buffer_ring_core {
     }
     inline void put_back(std::uint16_t id) noexcept;
     // Receives that found the ring empty wait here for a buffer to come back.
-    inline void starve(lent_receive_op* op) noexcept;
-    inline void unstarve(lent_receive_op* op) noexcept;
+    inline void starve(buffer_ring_user* op) noexcept;
+    inline void unstarve(buffer_ring_user* op) noexcept;
     // Every read naming the ring, so closing it can cancel them.
-    inline void attach(lent_receive_op* op) noexcept;
-    inline void detach(lent_receive_op* op) noexcept;
+    inline void attach(buffer_ring_user* op) noexcept;
+    inline void detach(buffer_ring_user* op) noexcept;
     void free_if_orphaned() noexcept {
         if (closed && lent == 0 && users == 0) delete this;
     }
@@ -217,6 +237,7 @@ public:
 
 private:
     friend class detail::lent_receive_op;
+    friend class ring_reader;
 
     static std::uint16_t next_group() noexcept {
         static std::atomic<std::uint16_t> next{0};

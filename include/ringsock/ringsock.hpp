@@ -19,6 +19,7 @@
 #include "io_result.hpp"
 #include "op_limits.hpp"
 #include "post.hpp"
+#include "ring_reader.hpp"
 #include "scope.hpp"
 #include "seqpacket_acceptor.hpp"
 #include "seqpacket_socket.hpp"

@@ -20,7 +20,17 @@
 
 namespace ringsock::detail {
 
-class lent_receive_op final : public operation {
+/// Cuts short the TIMEOUT request with which `op` waits for a buffer (a buffer came
+/// back). With no SQE to be had, the wait's own timer ends it soon enough.
+inline void end_buffer_wait(scheduler& s, operation* op) noexcept {
+    if (io_uring_sqe* sqe = s.raw_sqe()) {
+        io_uring_prep_timeout_remove(sqe, reinterpret_cast<std::uint64_t>(op), 0);
+        sqe->user_data = 0;
+        sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    }
+}
+
+class lent_receive_op final : public operation, public buffer_ring_user {
 public:
     lent_receive_op(io_context& ctx, int fd, socket_state* st, buffer_ring& ring, bool message, const char* what,
                     const op_limits& lim) noexcept
@@ -113,23 +123,9 @@ public:
     }
 
     /// Called by the ring when a buffer came back: end this operation's wait now.
-    void wake() noexcept {
-        if (io_uring_sqe* sqe = ctx_->raw_sqe()) {
-            io_uring_prep_timeout_remove(sqe, reinterpret_cast<std::uint64_t>(static_cast<operation*>(this)), 0);
-            sqe->user_data = 0;
-            sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
-        }
-        // No SQE: the wait's own timer ends it soon enough.
-    }
-
-    lent_receive_op* starved_next_ = nullptr;
-    lent_receive_op* starved_prev_ = nullptr;
-    bool starved_ = false;
-    lent_receive_op* user_next_ = nullptr;
-    lent_receive_op* user_prev_ = nullptr;
-
+    void wake() noexcept override { end_buffer_wait(*ctx_, this); }
     /// The buffer_ring is being destroyed: end this read (see ~buffer_ring).
-    void cancel_for_close() noexcept { ctx_->request_cancel(this); }
+    void cancel_for_close() noexcept override { ctx_->request_cancel(this); }
 
 private:
     std::uint16_t buffer_id() const noexcept { return static_cast<std::uint16_t>(cqe_flags_ >> IORING_CQE_BUFFER_SHIFT); }
@@ -155,7 +151,7 @@ inline void buffer_ring_core::put_back(std::uint16_t id) noexcept {
     if (!closed) {
         io_uring_buf_ring_add(br, buffer(id), static_cast<unsigned>(size), id, io_uring_buf_ring_mask(count), 0);
         io_uring_buf_ring_advance(br, 1);
-        if (lent_receive_op* op = starved_head) {
+        if (buffer_ring_user* op = starved_head) {
             unstarve(op);
             op->wake();
         }
@@ -163,7 +159,7 @@ inline void buffer_ring_core::put_back(std::uint16_t id) noexcept {
     free_if_orphaned();
 }
 
-inline void buffer_ring_core::starve(lent_receive_op* op) noexcept {
+inline void buffer_ring_core::starve(buffer_ring_user* op) noexcept {
     if (op->starved_) return;
     op->starved_ = true;
     op->starved_next_ = nullptr;
@@ -173,7 +169,7 @@ inline void buffer_ring_core::starve(lent_receive_op* op) noexcept {
     starved_tail = op;
 }
 
-inline void buffer_ring_core::unstarve(lent_receive_op* op) noexcept {
+inline void buffer_ring_core::unstarve(buffer_ring_user* op) noexcept {
     if (!op->starved_) return;
     op->starved_ = false;
     if (op->starved_prev_) op->starved_prev_->starved_next_ = op->starved_next_;
@@ -183,7 +179,7 @@ inline void buffer_ring_core::unstarve(lent_receive_op* op) noexcept {
     op->starved_next_ = op->starved_prev_ = nullptr;
 }
 
-inline void buffer_ring_core::attach(lent_receive_op* op) noexcept {
+inline void buffer_ring_core::attach(buffer_ring_user* op) noexcept {
     ++users;
     op->user_prev_ = nullptr;
     op->user_next_ = users_head;
@@ -191,7 +187,7 @@ inline void buffer_ring_core::attach(lent_receive_op* op) noexcept {
     users_head = op;
 }
 
-inline void buffer_ring_core::detach(lent_receive_op* op) noexcept {
+inline void buffer_ring_core::detach(buffer_ring_user* op) noexcept {
     --users;
     if (op->user_prev_) op->user_prev_->user_next_ = op->user_next_;
     else users_head = op->user_next_;
@@ -211,7 +207,8 @@ inline buffer_ring::~buffer_ring() {
     // Reads still naming the ring end (a completion that already won keeps its data);
     // their frames may live on (spawned tasks die with the io_context), so the core
     // stays until the last of them and the last lent buffer are gone.
-    for (detail::lent_receive_op* op = c->users_head; op; op = op->user_next_) op->cancel_for_close();
+    // cancel_for_close() never detaches (the read detaches when it is destroyed).
+    for (detail::buffer_ring_user* op = c->users_head; op; op = op->user_next_) op->cancel_for_close();
     c->free_if_orphaned();
 }
 

@@ -145,6 +145,7 @@ public:
     void submit(operation* op) noexcept { sub_.submit(op); }
     template <class Op>
     [[gnu::always_inline]] void submit_direct(Op* op) noexcept { sub_.submit_direct(op); }
+    bool submit_now(operation* op) noexcept { return sub_.submit_now(op); }
     void request_cancel(operation* op) noexcept { sub_.request_cancel(op); }
     void request_cancel_from_any_thread(operation* op) noexcept {
         if (on_loop_thread()) sub_.request_cancel(op);

@@ -18,6 +18,8 @@
 
 namespace ringsock {
 
+class ring_reader;
+
 enum class shutdown_how { receive = SHUT_RD, send = SHUT_WR, both = SHUT_RDWR };
 
 namespace detail {
@@ -53,6 +55,8 @@ public:
     io_result<endpoint> remote_endpoint() const { return ringsock::remote_endpoint(fd_.get()); }
 
 protected:
+    friend class ringsock::ring_reader;  // keeps the socket's receive direction armed
+
     /// The context operations run on. A socket that never had one (default-constructed)
     /// cannot start an operation: that is a programming error, reported by name.
     io_context& bound_context() const {

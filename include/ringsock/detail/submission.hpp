@@ -88,6 +88,17 @@ public:
         }
     }
 
+    /// Puts the SQE of an internal operation without a time limit into the SQ now, past
+    /// the in-flight cap and the queue: a request that stays armed (a ring_reader's
+    /// multishot receive) and so must never wait in a list a cancel would complete it
+    /// from. Precondition: its socket, if any, is open. False when the context is
+    /// shutting down or the SQ stays full after a flush.
+    bool submit_now(operation* op) noexcept {
+        op->cqes_left_ = 0;
+        if (shutting_down_) return false;
+        return try_prepare(op, true);
+    }
+
     /// The turn's receives, now that every other SQE of the turn is in the SQ.
     void flush_late() noexcept {
         // Detached from the list in one go: preparing runs no user code, so nothing
