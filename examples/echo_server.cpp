@@ -1,8 +1,9 @@
 // echo_server PATH: echoes every byte on every connection of a Unix stream socket.
 // --threads N rings (default: one per CPU), each on its own thread: the listener on
-// ring 0 hands every connection to the rings in turn. Each ring has a buffer_ring and
-// reads with read_some(ring), so an idle client holds no receive buffer: a buffer is
-// lent only between a read and the write of its bytes back.
+// ring 0 hands every connection to the rings in turn. Each ring has a buffer_ring; each
+// connection reads through a ring_reader (one multishot receive that stays armed), so an
+// idle client holds no receive buffer: a buffer is lent only between a read and the
+// write of its bytes back.
 // Limits: a connection quiet for --idle-timeout (default 60 s) is closed; at
 // --max-connections (default: RLIMIT_NOFILE minus a reserve) a new connection makes its
 // ring close the connection that has been quiet longest. Out of descriptors, the
@@ -56,8 +57,9 @@ struct server {
 // Every operation takes the connection's token: idle timeout, shedding and the end of
 // the grace period end the pending read or write with operation_canceled.
 task<void> echo(ringsock::stream_socket sock, limits::connection& c, ringsock::buffer_ring& ring) {
+    ringsock::ring_reader reader(sock, ring);  // one request for all the reads
     for (;;) {
-        auto got = co_await sock.read_some(ring, c.token());  // holds no buffer while it waits
+        auto got = co_await reader.receive(c.token());  // holds no buffer while it waits
         if (!got || got->empty()) break;                      // error, cancelled, or end of stream
         c.touch();
         auto w = co_await sock.write_all(got->bytes(), c.token());

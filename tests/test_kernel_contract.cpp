@@ -957,6 +957,15 @@ TEST_CASE("kernel: an abstract name must be connected with its exact length and 
     }
 }
 
+// Submits a recv multishot on `fd` taking buffers from group `group`.
+void arm_recv_multishot(Ring& r, int fd, std::uint64_t user_data, std::uint16_t group) {
+    io_uring_sqe* s = r.sqe(user_data);
+    io_uring_prep_recv_multishot(s, fd, nullptr, 0, 0);
+    s->flags |= IOSQE_BUFFER_SELECT;
+    s->buf_group = group;
+    REQUIRE(r.submit() == 1);
+}
+
 TEST_CASE("kernel: recv multishot with an mmap'ed buffer ring works on a Unix stream and ends with res 0 without F_MORE when the peer closes",
           "[kernel_contract]") {
     // Fact 17: liburing 2.3 buffer ring (mmap + io_uring_register_buf_ring) + multishot recv.
@@ -964,11 +973,7 @@ TEST_CASE("kernel: recv multishot with an mmap'ed buffer ring works on a Unix st
     BufRing bufs(r, 7);
     FdPair sp = make_socketpair(SOCK_STREAM);
 
-    io_uring_sqe* s = r.sqe(5);
-    io_uring_prep_recv_multishot(s, sp.b.get(), nullptr, 0, 0);
-    s->flags |= IOSQE_BUFFER_SELECT;
-    s->buf_group = 7;
-    REQUIRE(r.submit() == 1);
+    arm_recv_multishot(r, sp.b.get(), 5, 7);
 
     const std::string_view msgs[] = {"first", "second message", "3rd"};
     for (std::string_view m : msgs) {
@@ -989,6 +994,46 @@ TEST_CASE("kernel: recv multishot with an mmap'ed buffer ring works on a Unix st
     CHECK(last.user_data == 5);
     CHECK(last.res == 0);
     CHECK((last.flags & IORING_CQE_F_MORE) == 0);
+}
+
+TEST_CASE("kernel: shutdown(SHUT_RDWR) ends an armed recv multishot with res 0 on seqpacket but never on dgram",
+          "[kernel_contract]") {
+    // A non-blocking dgram recv after SHUT_RD answers EAGAIN (only seqpacket turns that
+    // into EOF), and a multishot request cannot fall back to a blocking recv in io-wq as a
+    // single-shot one does: it re-arms its poll and waits for data that never comes.
+    // ring_reader documents this: a datagram reader is ended by close, not shutdown.
+    for (int type : {SOCK_SEQPACKET, SOCK_DGRAM}) {
+        INFO((type == SOCK_DGRAM ? "dgram" : "seqpacket"));
+        Ring r;
+        BufRing bufs(r, 7);
+        FdPair sp = make_socketpair(type);
+        arm_recv_multishot(r, sp.b.get(), 5, 7);
+        send_all(sp.a.get(), "hi");
+        Completion c = r.wait_one();
+        REQUIRE(c.res == 2);
+        CHECK((c.flags & IORING_CQE_F_MORE) != 0);
+        bufs.give_back(BufRing::bid_of(c));
+        REQUIRE(::shutdown(sp.b.get(), SHUT_RDWR) == 0);
+        auto after = r.wait(300ms);
+        if (type == SOCK_SEQPACKET) {
+            REQUIRE(after.has_value());
+            CHECK(after->res == 0);
+            CHECK((after->flags & IORING_CQE_F_MORE) == 0);
+        } else {
+            CHECK(!after.has_value());
+            // A plain non-blocking recv shows why: EAGAIN, not 0.
+            char b[8];
+            CHECK(::recv(sp.b.get(), b, sizeof b, MSG_DONTWAIT) == -1);
+            CHECK(errno == EAGAIN);
+            io_uring_sqe* cancel = r.sqe(6);
+            io_uring_prep_cancel64(cancel, 5, 0);
+            REQUIRE(r.submit() == 1);
+            for (int i = 0; i < 2; ++i) {
+                Completion e = r.wait_one();
+                if (e.user_data == 5) CHECK(e.res == -ECANCELED);
+            }
+        }
+    }
 }
 
 TEST_CASE("kernel: recvmsg multishot puts SCM_RIGHTS cmsgs after io_uring_recvmsg_out and reports truncation as MSG_CTRUNC in out->flags",

@@ -390,3 +390,24 @@ TEST_CASE("ring_reader: destroying the io_context with readers armed in spawned 
         for (int i = 0; i < 5; ++i) ctx.poll();
     }
 }
+
+TEST_CASE("ring_reader: on a datagram socket shutdown does not end a waiting receive; its time limit does", "[ring_reader]") {
+    // The kernel's multishot receive never sees a datagram socket's shutdown (see the
+    // kernel contract test); the reader documents it rather than hiding it.
+    fd_leak_guard guard;
+    io_context ctx;
+    buffer_ring ring(ctx, 4, 64);
+    auto dg = datagram_socket::pair(ctx);
+    REQUIRE(dg);
+    ctx.sync_wait([&]() -> task<void> {
+        ring_reader reader(dg->second, ring);
+        REQUIRE(::send(dg->first.native_handle(), "m", 1, 0) == 1);
+        auto first = co_await reader.receive();
+        REQUIRE(first);
+        first->reset();
+        REQUIRE(dg->second.shutdown(shutdown_how::both));
+        auto r = co_await reader.receive(100ms);
+        CHECK(r.error() == std::errc::timed_out);
+    }());
+    CHECK(ring.lent() == 0);
+}

@@ -5,8 +5,10 @@
 #
 #   benchmarks/echo_compare/run.sh [--echo-server PATH] [--rounds N] [--duration SEC]
 #       [--warmup SEC] [--pin split|same] [--conns "1 64"] [--servers LIST]
-#       [--build-dir DIR] [--raw FILE]
+#       [--build-dir DIR] [--raw FILE] [--before PATH]
 #
+# --before PATH adds another echo_server build as the row "ringsock_before" (e.g. the
+# previous commit's), so a change is measured against its predecessor in the same rounds.
 # Builds what is missing into --build-dir (default: build-echo-compare/ at the top of
 # the repository), then for each round starts each server in turn (the order rotated
 # every round) pinned to CPU 0, runs the load generator pinned to CPU 1 (--pin same: both
@@ -32,8 +34,9 @@ conns_list="1 64"
 only=""
 build="$root/build-echo-compare"
 raw=""
+before=""
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while (($#)); do
     case "$1" in
         --echo-server) echo_server=$2; shift 2 ;;
@@ -43,6 +46,7 @@ while (($#)); do
         --pin) pin=$2; shift 2 ;;
         --conns) conns_list=$2; shift 2 ;;
         --servers) only=$2; shift 2 ;;
+        --before) before=$2; shift 2 ;;
         --build-dir) build=$2; shift 2 ;;
         --raw) raw=$2; shift 2 ;;
         -h | --help) usage 0 ;;
@@ -87,6 +91,10 @@ fi
 [[ -x "$echo_server" ]] || { echo "run.sh: $echo_server is not an executable" >&2; exit 1; }
 echo_server=$(cd "$(dirname "$echo_server")" && pwd)/$(basename "$echo_server")
 add_server ringsock "$echo_server --threads 1"
+if [[ -n "$before" ]]; then
+    [[ -x "$before" ]] || { echo "run.sh: $before is not an executable" >&2; exit 1; }
+    add_server ringsock_before "$(cd "$(dirname "$before")" && pwd)/$(basename "$before") --threads 1"
+fi
 
 if stale "$build/loadgen" "$here/loadgen.c"; then
     echo "== cc loadgen"
@@ -140,7 +148,7 @@ add_server epoll_c "$build/epoll_echo"
 if [[ -n "$only" ]]; then  # --servers a,b: keep those (ringsock always, for the ratios)
     declare -a keep_n=() keep_c=()
     for i in "${!names[@]}"; do
-        if [[ ${names[i]} == ringsock || ",$only," == *",${names[i]},"* ]]; then
+        if [[ ${names[i]} == ringsock* || ",$only," == *",${names[i]},"* ]]; then
             keep_n+=("${names[i]}"); keep_c+=("${cmds[i]}")
         fi
     done

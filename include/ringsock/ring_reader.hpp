@@ -30,6 +30,11 @@ namespace ringsock {
 /// - An empty ring (ENOBUFS) is waited out as with read_some(ring); no data is lost.
 /// - Closing, moving or destroying the socket, or destroying the buffer_ring, ends the
 ///   reads waiting here with operation_canceled, like every other read on the socket.
+/// - Datagram sockets have no end of stream, and the kernel's multishot receive does not
+///   notice shutdown(SHUT_RD) on one (a non-blocking datagram recv answers EAGAIN after
+///   it; a single-shot read falls back to a blocking one, a multishot read cannot): end
+///   a datagram reader's waits by closing the socket, destroying the reader, a stop
+///   token or a time limit. Stream and seqpacket readers see shutdown as end of stream.
 /// Create, use and destroy it on the loop's thread; the socket and the buffer_ring must
 /// belong to the same io_context. The reader may outlive both.
 class ring_reader {
