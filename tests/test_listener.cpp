@@ -602,8 +602,18 @@ TEST_CASE("acceptor: a server that stops calling accept() holds at most queue_ca
     auto acc = acceptor::listen(ctx, *ep, opts);
     REQUIRE(acc);
     std::vector<unique_fd> clients;
-    clients.push_back(raw_connect(*ep));
-    auto first = ctx.sync_wait([&]() -> task<io_result<stream_socket>> { co_return co_await acc->accept(); }());
+    // An accept() that finds the backlog empty arms the multishot request (one that finds
+    // a connection there takes it with accept4 and arms nothing).
+    auto accept_one = [&]() -> task<io_result<stream_socket>> { co_return co_await acc->accept(); };
+    auto connect_soon = [&]() -> task<void> {
+        (void)co_await ringsock::sleep_for(ctx, 5ms);
+        clients.push_back(raw_connect(*ep));
+    };
+    auto first = ctx.sync_wait([&]() -> task<io_result<stream_socket>> {
+        auto [s, ignored] = co_await when_all(accept_one(), connect_soon());
+        (void)ignored;
+        co_return std::move(s);
+    }());
     REQUIRE(first);  // the multishot request is armed now
     // Connect without blocking until the kernel refuses, letting the loop run (with
     // something to wait for) between attempts so the engine pulls connections out of
@@ -1072,4 +1082,112 @@ TEST_CASE("acceptor: a live listener whose creating process has exited still giv
     CHECK(second.error() == std::errc::address_in_use);
     CHECK(lstat_of(dir / "daemon.sock").st_ino == ino);
     CHECK(::kill(holder, 0) == 0);
+}
+
+TEST_CASE("acceptor: listen() makes the listener non-blocking, and a waiting connection is taken without a request",
+          "[acceptor][speculation]") {
+    io_context ctx;
+    auto ep = endpoint::abstract("ringsock-test-direct-" + std::to_string(::getpid()));
+    REQUIRE(ep);
+    auto acc = acceptor::listen(ctx, *ep);
+    REQUIRE(acc);
+    CHECK((::fcntl(acc->native_handle(), F_GETFL) & O_NONBLOCK) != 0);
+    unique_fd client = raw_connect(*ep);
+    ctx.poll();  // the context's own first requests (its wake-up read) go out here
+    const unsigned before = *ctx.native_handle()->sq.khead;
+    auto s = ctx.sync_wait([&]() -> task<io_result<stream_socket>> { co_return co_await acc->accept(); }());
+    REQUIRE(s);
+    CHECK(*ctx.native_handle()->sq.khead == before);  // accept4 took it: no SQE at all
+    REQUIRE(::write(client.get(), "x", 1) == 1);
+    char c = 0;
+    CHECK(::read(s->native_handle(), &c, 1) == 1);
+    CHECK(c == 'x');
+}
+
+TEST_CASE("acceptor: an adopted blocking listener is left blocking and accept() never blocks the loop on it",
+          "[acceptor][speculation]") {
+    io_context ctx;
+    auto ep = endpoint::abstract("ringsock-test-adopt-blocking-" + std::to_string(::getpid()));
+    REQUIRE(ep);
+    unique_fd raw(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    REQUIRE(raw);
+    REQUIRE(::bind(raw.get(), ep->data(), ep->size()) == 0);
+    REQUIRE(::listen(raw.get(), 8) == 0);
+    auto acc = acceptor::adopt(ctx, std::move(raw));
+    bool accepted = false;
+    auto accept_one = [&]() -> task<void> {
+        auto s = co_await acc.accept(5s);
+        CHECK(s);
+        accepted = true;
+    };
+    // A blocking accept4 here would hang the loop for good: the accept must wait on the ring.
+    ctx.spawn(accept_one());
+    for (int i = 0; i < 5; ++i) ctx.poll();
+    CHECK(!accepted);
+    unique_fd client = raw_connect(*ep);
+    while (!accepted) ctx.run_one();
+    CHECK((::fcntl(acc.native_handle(), F_GETFL) & O_NONBLOCK) == 0);  // never changed
+}
+
+TEST_CASE("acceptor: accepts that find a connection waiting and accepts that wait for one hand out every client once, in order",
+          "[acceptor][speculation]") {
+    io_context ctx;
+    auto ep = endpoint::abstract("ringsock-test-mixed-" + std::to_string(::getpid()));
+    REQUIRE(ep);
+    auto acc = acceptor::listen(ctx, *ep);
+    REQUIRE(acc);
+    constexpr std::uint32_t n = 300;
+    std::vector<unique_fd> clients;
+    std::vector<std::uint32_t> order;
+    auto connect_next = [&] {
+        const auto id = static_cast<std::uint32_t>(clients.size());
+        clients.push_back(raw_connect(*ep));
+        REQUIRE(::write(clients.back().get(), &id, sizeof id) == sizeof id);
+    };
+    auto connect_later = [&](int k) -> task<void> {
+        (void)co_await ringsock::sleep_for(ctx, 200us);
+        for (int i = 0; i < k; ++i) connect_next();
+    };
+    auto take = [&](stream_socket s) -> task<void> {
+        std::uint32_t id = 0;
+        auto r = co_await s.read_exact(std::span(reinterpret_cast<std::byte*>(&id), sizeof id));
+        REQUIRE(r);
+        order.push_back(id);
+    };
+    auto accept_one = [&]() -> task<void> {
+        auto s = co_await acc->accept(5s);
+        REQUIRE(s);
+        co_await take(std::move(*s));
+    };
+    // Patterns rotate: connections made before the accept (accept4 hits), after it
+    // (the multishot request is armed, or re-armed after a hit cancelled it), and in
+    // bursts that queue up behind an armed request.
+    ctx.sync_wait([&]() -> task<void> {
+        std::uint32_t accepted = 0;
+        for (int round = 0; accepted < n; ++round) {
+            switch (round % 3) {
+                case 0:
+                    connect_next();
+                    co_await accept_one();
+                    ++accepted;
+                    break;
+                case 1: {
+                    auto [a, b] = co_await ringsock::when_all(accept_one(), connect_later(1));
+                    (void)a;
+                    (void)b;
+                    ++accepted;
+                    break;
+                }
+                default: {
+                    const int burst = static_cast<int>(std::min<std::uint32_t>(5, n - accepted));
+                    co_await connect_later(burst);
+                    for (int i = 0; i < burst; ++i) co_await accept_one();
+                    accepted += static_cast<std::uint32_t>(burst);
+                    break;
+                }
+            }
+        }
+    }());
+    REQUIRE(order.size() == n);
+    for (std::uint32_t i = 0; i < n; ++i) CHECK(order[i] == i);
 }

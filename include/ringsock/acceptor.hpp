@@ -1,8 +1,10 @@
 // acceptor: a listening Unix socket. It binds safely (see listen_options), accepts with
-// one multishot ACCEPT request shared by all waiting coroutines, and on close removes
-// its socket file only if it is still the node it created.
+// one multishot ACCEPT request shared by all waiting coroutines (or, for a connection
+// already in the backlog, one direct accept4), and on close removes its socket file
+// only if it is still the node it created.
 #pragma once
 
+#include <fcntl.h>
 #include <liburing.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -15,6 +17,7 @@
 
 #include "detail/operation.hpp"
 #include "detail/socket_file.hpp"
+#include "detail/speculation.hpp"
 #include "endpoint.hpp"
 #include "io_context.hpp"
 #include "io_result.hpp"
@@ -72,13 +75,21 @@ private:
 };
 
 /// One multishot ACCEPT feeding a queue of accepted descriptors. Armed by the first
-/// accept(); hands each descriptor to the oldest waiter, or queues it (up to a cap,
-/// then it stops accepting until the queue drains, so the kernel backlog applies).
+/// accept() that finds nothing to take; hands each descriptor to the oldest waiter, or
+/// queues it (up to a cap, then it stops accepting until the queue drains, so the
+/// kernel backlog applies). On a non-blocking listener an accept() with nothing queued
+/// and nobody waiting first tries accept4(2) directly (speculation.hpp): a connection
+/// already in the backlog then costs one syscall, not a poll wake-up and task-work.
 class accept_engine final : public operation {
 public:
     static constexpr std::size_t queue_cap = 64;
 
-    accept_engine(io_context& ctx, int fd) noexcept : operation(ctx, {}), listen_fd_(fd) {}
+    accept_engine(io_context& ctx, int fd) noexcept : operation(ctx, {}), listen_fd_(fd) {
+        // Only a listener that is already non-blocking: an adopted descriptor's flags are
+        // shared with every process holding it, so they are never changed here.
+        const int fl = ::fcntl(fd, F_GETFL);
+        may_try_now_ = fl >= 0 && (fl & O_NONBLOCK) != 0;
+    }
     ~accept_engine() {
         shut();  // queued descriptors are closed by queue_'s destructor
     }
@@ -123,6 +134,29 @@ public:
         if (queue_.empty()) return -1;
         return queue_.pop_front();
     }
+    /// With nothing queued and nobody waiting: one direct accept4(2), if attempts have
+    /// been paying off. A descriptor (>= 0), a real error (-errno: EMFILE...), or
+    /// would_block (go to the ring). A hit while the multishot request is armed and
+    /// idle cancels it: connections then keep being taken directly, without a wake-up
+    /// each; the next miss arms it again.
+    static constexpr int would_block = 1;
+    int try_now() noexcept {
+        if (!may_try_now_ || closing_ || !queue_.empty() || !waiters_.waiters.empty() || !spec_.worth_trying())
+            return would_block;
+        const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+        if (fd >= 0) {
+            spec_.hit();
+            if (state_ == op_state::in_flight) ctx_->request_cancel(this);
+            return fd;
+        }
+        const int err = errno;
+        // A client that gave up before being accepted, or a signal: nothing to report.
+        if (err == EAGAIN || err == EWOULDBLOCK || err == ECONNABORTED || err == EINTR || err == EPROTO) {
+            spec_.missed();
+            return would_block;
+        }
+        return -err;
+    }
     op_gate* waiters() noexcept { return &waiters_; }
     void arm() noexcept {
         if (closing_ || state_ != op_state::idle || waiters_.waiters.empty()) return;
@@ -148,6 +182,8 @@ private:
     fd_fifo queue_;
     int last_error_ = 0;
     bool closing_ = false;
+    bool may_try_now_ = false;  // the listener is non-blocking: accept4 never waits
+    speculation spec_;
 };
 
 /// The awaiter of acceptor::accept(): waits in the engine's queue of waiters for the
@@ -171,9 +207,10 @@ public:
             res_ = built_open_ ? -ECANCELED : -EBADF;
         } else if (!operation::await_ready()) {
             int fd = engine_->take();
-            if (fd < 0) return false;
+            if (fd < 0) fd = engine_->try_now();
+            if (fd == accept_engine::would_block) return false;
             res_ = fd;
-            handed_ = true;
+            handed_ = fd >= 0;
         }
         state_ = op_state::done;
         return true;
@@ -275,6 +312,13 @@ public:
         auto fd = detail::bind_socket(Type, ep, {opts.mode, opts.replace_stale}, bound);
         if (!fd) return {fd.error(), fd.what()};
         if (!opts.remove_on_close) bound.owned = false;
+        // Non-blocking (our own descriptor): accept() may then try accept4 directly.
+        const int fl = ::fcntl(fd->get(), F_GETFL);
+        if (fl < 0 || ::fcntl(fd->get(), F_SETFL, fl | O_NONBLOCK) < 0) {
+            auto ec = detail::last_error();
+            bound.remove();
+            return {ec, "listen: fcntl(O_NONBLOCK)"};
+        }
         if (::listen(fd->get(), opts.backlog) < 0) {
             auto ec = detail::last_error();
             bound.remove();
