@@ -14,9 +14,10 @@
 // body: for every route and every status, errors too.
 //
 // --threads N rings (default: one per CPU): the listener on ring 0 hands connections to
-// the rings in turn. An idle keep-alive connection waits for its next request with
-// read_some(buffer_ring), holding no buffer; the request parser's buffer exists only
-// while a request (and any pipelined behind it) is being read.
+// the rings in turn. Every connection reads through a ring_reader (one multishot receive
+// into the ring's buffer_ring, armed once): an idle keep-alive connection holds no
+// buffer; the request parser's buffer exists only while a request (and any pipelined
+// behind it) is being read.
 // Limits: each request must arrive, and each response be written, within
 // --idle-timeout (default 5 s): one deadline per request and one per response, both on
 // the connection's one timer (no time limit per read or write); at --max-connections
@@ -317,69 +318,77 @@ std::optional<response> parse_head(std::string_view head, const config& cfg, req
 // After an error response: stop sending and read (and drop) what the client still
 // sends for a moment, so closing does not reset the connection before it has read
 // the response.
-task<void> linger(ringsock::stream_socket& sock) {
+task<void> linger(ringsock::stream_socket& sock, ringsock::ring_reader& reader) {
     (void)sock.shutdown(ringsock::shutdown_how::send);
-    std::array<char, 16 * 1024> sink;
     auto until = std::chrono::steady_clock::now() + 500ms;
     for (std::size_t total = 0; total < 1024 * 1024;) {
         auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(until - std::chrono::steady_clock::now());
         if (left <= 0ns) break;
-        auto n = co_await sock.read_some(sink, left);
-        if (!n || *n == 0) break;
-        total += *n;
+        auto got = co_await reader.receive(left);
+        if (!got || got->empty()) break;
+        total += got->size();
     }
 }
 
-// The request parser's byte source: first the bytes an idle read_some(ring) brought
-// (a lent buffer, given back as soon as they are copied), then the socket itself. So
+// The request parser's byte source: the connection's ring_reader. Each lent buffer's
+// bytes are copied into the parser's buffer and the lent buffer goes back to the ring
+// as soon as it is used up; what did not fit waits here for the next read. So
 // buffered_stream's own buffer exists only while a request is being read.
 class seeded_stream {
-    using socket_read = decltype(std::declval<ringsock::stream_socket&>().read_some(
-        std::declval<std::span<std::byte>&>(), std::declval<ringsock::op_limits>()));
+    using reader_wait = decltype(std::declval<ringsock::ring_reader&>().receive(std::declval<ringsock::op_limits>()));
 
 public:
-    seeded_stream(ringsock::stream_socket& sock, ringsock::lent_buffer seed) noexcept
-        : sock_(&sock), seed_(std::move(seed)) {}
+    seeded_stream(ringsock::ring_reader& reader, ringsock::lent_buffer seed) noexcept
+        : reader_(&reader), seed_(std::move(seed)) {}
     bool seeded() const noexcept { return !seed_.empty(); }
 
-    // Awaitable yielding io_result<std::size_t>: the seed's bytes at once, or a read.
+    // Awaitable yielding io_result<std::size_t>: the seed's bytes at once, or a receive.
     class read_op {
     public:
         explicit read_op(std::size_t copied) noexcept : copied_(copied) {}
-        read_op(ringsock::stream_socket& s, std::span<std::byte> b, ringsock::op_limits lim)
-            : read_(std::in_place, start{s, b, std::move(lim)}) {}
-        bool await_ready() noexcept { return !read_ || read_->await_ready(); }
+        read_op(seeded_stream& src, std::span<std::byte> b, ringsock::op_limits lim)
+            : src_(&src), to_(b), wait_(std::in_place, start{*src.reader_, std::move(lim)}) {}
+        bool await_ready() noexcept { return !wait_ || wait_->await_ready(); }
         template <class H>
         decltype(auto) await_suspend(H h) {
-            return read_->await_suspend(h);
+            return wait_->await_suspend(h);
         }
         ringsock::io_result<std::size_t> await_resume() {
-            if (!read_) return copied_;
-            return read_->await_resume();
+            if (!wait_) return copied_;
+            auto got = wait_->await_resume();
+            if (!got) return {got.error(), got.what()};
+            src_->seed_ = std::move(*got);  // empty: end of stream
+            return src_->take(to_);
         }
 
     private:
-        struct start {  // makes the (immovable) socket read in place
-            ringsock::stream_socket& s;
-            std::span<std::byte> b;
+        struct start {  // makes the (immovable) receive in place
+            ringsock::ring_reader& r;
             ringsock::op_limits lim;
-            operator socket_read() { return s.read_some(b, std::move(lim)); }
+            operator reader_wait() { return r.receive(std::move(lim)); }
         };
-        std::optional<socket_read> read_;
+        seeded_stream* src_ = nullptr;
+        std::span<std::byte> to_;
+        std::optional<reader_wait> wait_;
         std::size_t copied_ = 0;
     };
 
     read_op read_some(std::span<std::byte> b, ringsock::op_limits lim) {
-        if (seed_.empty()) return read_op(*sock_, b, std::move(lim));
-        const std::size_t n = std::min(b.size(), seed_.size());
-        std::memcpy(b.data(), seed_.data(), n);
-        seed_.consume(n);
-        if (seed_.empty()) seed_.reset();  // back to the ring
-        return read_op(n);
+        if (seed_.empty()) return read_op(*this, b, std::move(lim));
+        return read_op(take(b));
     }
 
 private:
-    ringsock::stream_socket* sock_;
+    // Copies what fits from the seed into `b`; a used-up seed goes back to the ring.
+    std::size_t take(std::span<std::byte> b) noexcept {
+        const std::size_t n = std::min(b.size(), seed_.size());
+        if (n > 0) std::memcpy(b.data(), seed_.data(), n);
+        seed_.consume(n);
+        if (seed_.empty()) seed_.reset();
+        return n;
+    }
+
+    ringsock::ring_reader* reader_;
     ringsock::lent_buffer seed_;
 };
 
@@ -387,6 +396,7 @@ private:
 // credentials do not change) and the buffer every response is built in.
 struct session {
     ringsock::stream_socket& sock;
+    ringsock::ring_reader& reader;  // every read on the connection goes through it
     limits::connection& c;
     const server_state& st;
     std::optional<std::string> info;  // nullopt: the credentials were unavailable
@@ -516,7 +526,7 @@ task<bool> serve_request(session& s, ringsock::buffered_stream<seeded_stream>& i
     if (failure) {
         const response& r = *failure;
         auto sent = co_await s.respond(r, is_head_request(head), false, req.http10);
-        if (sent) co_await linger(s.sock);
+        if (sent) co_await linger(s.sock, s.reader);
         co_return false;
     }
     const bool head_only = req.method == method_kind::head;
@@ -535,7 +545,7 @@ task<bool> serve_request(session& s, ringsock::buffered_stream<seeded_stream>& i
             if (too_slow(got.error(), c)) {
                 const response timeout = error(408, "request body incomplete before the timeout");
                 auto sent = co_await s.respond(timeout, head_only, false, req.http10);
-                if (sent) co_await linger(s.sock);
+                if (sent) co_await linger(s.sock, s.reader);
             }
             co_return false;
         }
@@ -560,13 +570,14 @@ std::optional<request> whole_request(std::string_view bytes, const config& cfg) 
 // something invalid, or does not complete a request within the deadline. Between
 // requests it waits holding no buffer.
 task<void> serve_connection(ringsock::stream_socket& sock, limits::connection& c, const server_state& st) {
-    session s{sock, c, st, info_body(ringsock::peer_credentials(sock)), {}};  // as of connect(): not spoofable
-    ringsock::buffer_ring& ring = st.rings->buffers(sock.context());
+    // One multishot receive stays armed for all of the connection's reads.
+    ringsock::ring_reader reader(sock, st.rings->buffers(sock.context()));
+    session s{sock, reader, c, st, info_body(ringsock::peer_credentials(sock)), {}};  // as of connect(): not spoofable
     for (bool open = true; open;) {
         // One deadline per request, from here: a client that trickles bytes cannot
         // stay forever.
         c.touch();
-        auto first = co_await sock.read_some(ring, c.token());
+        auto first = co_await reader.receive(c.token());
         if (!first || first->empty()) break;  // idle timeout, EOF, reset, shed, or shutting down
         if (const auto req = whole_request(first->chars(), st.cfg)) {
             first->reset();  // the buffer goes back to the ring before the response is written
@@ -575,7 +586,7 @@ task<void> serve_connection(ringsock::stream_socket& sock, limits::connection& c
         }
         // A request is arriving: read it, and any pipelined behind it, through a buffer
         // that lives until the connection is idle again (a head may grow it to max_head).
-        seeded_stream src(sock, std::move(*first));
+        seeded_stream src(reader, std::move(*first));
         ringsock::buffered_stream in(src, ring_buffer_size, max_head + 4);
         for (;;) {
             open = co_await serve_request(s, in);
