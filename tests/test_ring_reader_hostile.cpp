@@ -524,7 +524,7 @@ TEST_CASE("ring_reader: a reader that stops reading stops at the queue cap; the 
     r = {};
     constexpr int n = 60;
     for (int i = 1; i < n; ++i) {
-        char m[8];
+        char m[16];
         std::snprintf(m, sizeof m, "m%03d", i);
         raw_send(b, m);
         pump(ctx, 1ms);
@@ -546,7 +546,7 @@ TEST_CASE("ring_reader: a reader that stops reading stops at the queue cap; the 
     ctx.sync_wait(drain());
     std::string want;
     for (int i = 0; i < n; ++i) {
-        char m[8];
+        char m[16];
         std::snprintf(m, sizeof m, "m%03d", i);
         want += m;
     }
@@ -827,6 +827,75 @@ TEST_CASE("ring_reader: a plain read started while a reader exists waits for it 
     ctx.run();
     REQUIRE(plain);
     CHECK(*plain == "plain's");
+    CHECK(ring.lent() == 0);
+}
+
+TEST_CASE("ring_reader: after a reader stopped at its queue cap goes, a plain read gets the very next message",
+          "[ring_reader_hostile]") {
+    fd_leak_guard guard;
+    io_context ctx;
+    buffer_ring ring(ctx, 64, 16);
+    auto sp = seqpacket_socket::pair(ctx);
+    REQUIRE(sp);
+    const int peer = sp->second.native_handle();
+    auto reader = std::make_unique<ring_reader>(sp->first, ring);
+    auto msg = [](int i) {
+        char m[16];
+        std::snprintf(m, sizeof m, "m%03d", i);
+        return std::string(m);
+    };
+    raw_send_fd(peer, msg(0));
+    auto first = ctx.sync_wait(take(*reader));
+    REQUIRE(first);
+    CHECK(first->chars() == msg(0));
+    first = {};
+    constexpr int n = 40;
+    for (int i = 1; i < n; ++i) {
+        raw_send_fd(peer, msg(i));
+        pump(ctx, 1ms);
+    }
+    pump(ctx);
+    REQUIRE(reader->queued() >= ring_reader::queue_cap);
+    REQUIRE(reader->queued() < static_cast<std::size_t>(n - 1));
+    // Take exactly what is queued (no receive arms the request again), then drop the reader.
+    int last = 0;
+    auto drain = [&]() -> task<void> {
+        while (reader->queued() > 0) {
+            auto x = co_await reader->receive();
+            REQUIRE(x);
+            ++last;
+            CHECK(x->chars() == msg(last));
+        }
+    };
+    ctx.sync_wait(drain());
+    reader.reset();
+    char buf[32];
+    auto plain = [&]() -> task<io_result<std::size_t>> { co_return co_await sp->first.receive_bytes(buf, 2s); };
+    auto next = ctx.sync_wait(plain());
+    REQUIRE(next);
+    CHECK(std::string(buf, *next) == msg(last + 1));
+    CHECK(ring.lent() == 0);
+}
+
+TEST_CASE("ring_reader: several coroutines waiting on one reader get the messages in the order they waited",
+          "[ring_reader_hostile]") {
+    fd_leak_guard guard;
+    io_context ctx;
+    buffer_ring ring(ctx, 8, 16);
+    auto sp = seqpacket_socket::pair(ctx);
+    REQUIRE(sp);
+    ring_reader reader(sp->first, ring);
+    std::vector<std::string> got(6);
+    auto w = [&](std::size_t i) -> task<void> {
+        auto r = co_await reader.receive(2s);
+        if (r) got[i] = std::string(r->chars());
+        else got[i] = "!" + r.error().message();
+    };
+    for (std::size_t i = 0; i < got.size(); ++i) ctx.spawn(w(i));
+    spin(ctx);
+    for (std::size_t i = 0; i < got.size(); ++i) raw_send_fd(sp->second.native_handle(), "w" + std::to_string(i));
+    ctx.run();
+    for (std::size_t i = 0; i < got.size(); ++i) CHECK(got[i] == "w" + std::to_string(i));
     CHECK(ring.lent() == 0);
 }
 
