@@ -12,6 +12,7 @@
 #include "buffer_ring.hpp"
 #include "detail/receive_engine.hpp"
 #include "detail/socket_base.hpp"
+#include "fd_stream.hpp"
 #include "io_context.hpp"
 #include "op_limits.hpp"
 #include "stream_socket.hpp"
@@ -39,9 +40,11 @@ public:
 
     ring_reader() noexcept = default;
     /// A reader of `sock` into `ring`. It arms nothing until the first receive(). If a
-    /// read is under way on `sock` right now, every receive() fails with EBUSY.
+    /// read is under way on `sock` right now, every receive() fails with EBUSY. Not for
+    /// an fd_stream: a multishot recv has no control buffer, so the kernel would close
+    /// every descriptor that arrives (fd_stream promises never to drop one).
     template <class Socket>
-        requires std::is_base_of_v<detail::socket_base, Socket>
+        requires(std::is_base_of_v<detail::socket_base, Socket> && !std::is_base_of_v<fd_stream, Socket>)
     ring_reader(Socket& sock, buffer_ring& ring)
         : ctx_(&sock.bound_context()),
           engine_(std::make_unique<detail::receive_engine>(sock.bound_context(), sock.fd_.get(), &sock.state_,
