@@ -402,7 +402,8 @@ TEST_CASE("ring_reader: move-assigning over an armed reader cancels its waiter; 
     CHECK(r->chars() == "from c");
     auto moved_from = ctx.sync_wait(take(r2));
     CHECK(moved_from.error() == std::errc::bad_file_descriptor);
-    r1 = std::move(r1);  // self-move: harmless
+    ring_reader& alias = r1;
+    r1 = std::move(alias);  // self-move: harmless
     raw_send(d, "still");
     r = ctx.sync_wait(take(r1));
     REQUIRE(r);
@@ -609,6 +610,72 @@ TEST_CASE("ring_reader: several readers sharing a tiny ring all get every byte; 
         INFO("reader " << i);
         CHECK(ok[static_cast<std::size_t>(i)]);
         CHECK(got[static_cast<std::size_t>(i)] == per);
+    }
+    CHECK(ring.lent() == 0);
+}
+
+TEST_CASE("ring_reader: many readers on a context with a tiny completion queue (overflow) lose no byte",
+          "[ring_reader_hostile]") {
+    fd_leak_guard guard;
+    io_context::options opts{};
+    opts.entries = 2;  // CQ of 8: thirty-two armed multishot receives overflow it
+    opts.defer_taskrun = GENERATE(true, false);
+    io_context ctx(opts);
+    buffer_ring ring(ctx, 512, 16);
+    constexpr int readers = 32;
+    constexpr std::size_t per = 4000;
+    std::vector<std::pair<stream_socket, stream_socket>> pairs;
+    for (int i = 0; i < readers; ++i) pairs.push_back(make_pair(ctx));
+    std::vector<std::size_t> got(readers, 0);
+    std::vector<bool> ok(readers, true);
+    int finished = 0;
+    auto consume = [&](stream_socket& s, std::size_t i) -> task<void> {
+        ring_reader reader(s, ring);
+        for (;;) {
+            auto r = co_await reader.receive(10s);
+            if (!r) {
+                ok[i] = false;
+                break;
+            }
+            if (r->empty()) break;
+            for (char ch : r->chars()) {
+                if (ch != pattern(got[i])) ok[i] = false;
+                ++got[i];
+            }
+            if (i % 4 == 0) co_await ctx.yield();
+        }
+        ++finished;
+    };
+    for (std::size_t i = 0; i < pairs.size(); ++i) ctx.spawn(consume(pairs[i].first, i));
+    spin(ctx);
+    std::vector<int> fds;
+    for (auto& p : pairs) fds.push_back(p.second.native_handle());
+    std::thread writer([fds] {
+        std::mt19937 rng(21);
+        std::vector<std::size_t> off(fds.size(), 0);
+        std::string chunk;
+        for (bool more = true; more;) {
+            more = false;
+            for (std::size_t k = 0; k < fds.size(); ++k) {
+                if (off[k] == per) continue;
+                std::size_t n = std::min<std::size_t>(1 + rng() % 20, per - off[k]);
+                chunk.clear();
+                for (std::size_t j = 0; j < n; ++j) chunk.push_back(pattern(off[k] + j));
+                auto w = ::send(fds[k], chunk.data(), n, MSG_NOSIGNAL);
+                if (w <= 0) return;
+                off[k] += static_cast<std::size_t>(w);
+                if (off[k] == per) ::shutdown(fds[k], SHUT_WR);
+                more = true;
+            }
+        }
+    });
+    ctx.run();
+    writer.join();
+    CHECK(finished == readers);
+    for (std::size_t i = 0; i < got.size(); ++i) {
+        INFO("reader " << i);
+        CHECK(ok[i]);
+        CHECK(got[i] == per);
     }
     CHECK(ring.lent() == 0);
 }
