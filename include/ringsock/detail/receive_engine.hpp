@@ -130,6 +130,10 @@ public:
             ring_->unstarve(this);
         }
         if (closing_) return false;
+        // The socket was closed (moved from, released...): what is queued can never be
+        // handed out (receive() reports operation_canceled); give the buffers back now,
+        // not when the reader goes (it may be kept for long, and the ring is shared).
+        if (gone()) queue_.clear();
         if (std::exchange(starved_, false) && !waiters_.waiters.empty() && may_arm()) {
             // Someone waits and the ring is empty: wait for a buffer to come back with
             // a TIMEOUT request (cancels reach it like the receive) and receive again.
@@ -143,6 +147,8 @@ public:
         return false;
     }
 
+    /// Gives back every queued completion's buffer (the socket is gone).
+    void drop_queue() noexcept { queue_.clear(); }
     /// The next completion in order, if one is queued.
     bool take(received& out) noexcept {
         if (queue_.empty()) return false;
@@ -224,6 +230,7 @@ public:
             res_ = engine_ ? -EBUSY : -EBADF;
         } else if (engine_->gone()) {
             res_ = -ECANCELED;  // the socket was closed: its reads are cancelled
+            engine_->drop_queue();  // and what was queued can never be handed out
         } else if (!operation::await_ready()) {
             if (!engine_->take(got_.buf_and_res)) return false;
             got_.valid = true;
