@@ -380,6 +380,40 @@ TEST_CASE("ring_reader: destroying the io_context with readers armed in spawned 
     }
 }
 
+TEST_CASE("ring_reader: destroying the io_context when one spawned task owns the reader and another waits on it",
+          "[ring_reader_hostile]") {
+    fd_leak_guard guard;
+    const bool owner_first = GENERATE(true, false);
+    auto ctx = std::make_unique<io_context>();
+    auto ring = std::make_unique<buffer_ring>(*ctx, 4, 32);
+    auto pab = std::make_unique<std::pair<stream_socket, stream_socket>>(make_pair(*ctx));
+    ring_reader* shared = nullptr;
+    bool waiter_resumed = false;
+    auto owner = [&]() -> task<void> {
+        ring_reader r(pab->first, *ring);
+        shared = &r;
+        (void)co_await sleep_for(*ctx, 1h);
+    };
+    auto waiter = [&]() -> task<void> {
+        while (!shared) co_await ctx->yield();
+        (void)co_await shared->receive();
+        waiter_resumed = true;
+    };
+    if (owner_first) {
+        ctx->spawn(owner());
+        ctx->spawn(waiter());
+    } else {
+        ctx->spawn(waiter());
+        ctx->spawn(owner());
+    }
+    spin(*ctx, 6);
+    raw_send(pab->second, "in flight");  // armed: the kernel may take it into a buffer
+    ring.reset();  // the engine keeps the ring's core
+    pab.reset();   // the socket goes: the reader in the frame is cancelled
+    ctx.reset();   // both frames destroyed, in either order; nothing resumes
+    CHECK_FALSE(waiter_resumed);
+}
+
 TEST_CASE("ring_reader: move-assigning over an armed reader cancels its waiter; the moved-from reader fails EBADF",
           "[ring_reader_hostile]") {
     fd_leak_guard guard;
@@ -1173,6 +1207,63 @@ TEST_CASE("ring_reader: time limits expiring as data arrives lose no byte and re
     writer.join();
     INFO("timeouts " << timeouts);
     CHECK(got == total);
+    CHECK(in_order);
+    CHECK(ring.lent() == 0);
+}
+
+TEST_CASE("ring_reader: eight coroutines receiving with random time limits see the stream in order",
+          "[ring_reader_hostile]") {
+    fd_leak_guard guard;
+    io_context ctx;
+    buffer_ring ring(ctx, 8, 32);
+    auto pab = make_pair(ctx);
+    auto& a = pab.first;
+    auto& b = pab.second;
+    constexpr std::size_t total = 30'000;
+    const int wfd = b.native_handle();
+    std::thread writer([wfd] {
+        std::mt19937 rng(17);
+        std::string all;
+        for (std::size_t i = 0; i < total; ++i) all.push_back(pattern(i));
+        std::size_t off = 0;
+        while (off < total) {
+            std::size_t n = std::min<std::size_t>(1 + rng() % 30, total - off);
+            auto w = ::send(wfd, all.data() + off, n, MSG_NOSIGNAL);
+            if (w <= 0) return;
+            off += static_cast<std::size_t>(w);
+            if (rng() % 3 == 0) std::this_thread::sleep_for(std::chrono::microseconds(rng() % 200));
+        }
+        ::shutdown(wfd, SHUT_WR);
+    });
+    ring_reader reader(a, ring);
+    std::string got;
+    bool eof = false;
+    int errors = 0;
+    auto consume = [&](unsigned seed) -> task<void> {
+        std::mt19937 rng(seed);
+        auto deadline = std::chrono::steady_clock::now() + 20s;
+        while (!eof && std::chrono::steady_clock::now() < deadline) {
+            auto r = co_await reader.receive(std::chrono::microseconds(10 + rng() % 500));
+            if (!r) {
+                if (r.error() != std::errc::timed_out) ++errors;
+                continue;
+            }
+            if (r->empty()) {
+                eof = true;
+                break;
+            }
+            got.append(r->chars());
+        }
+    };
+    for (unsigned i = 0; i < 8; ++i) ctx.spawn(consume(i));
+    ctx.run();
+    writer.join();
+    CHECK(errors == 0);
+    CHECK(eof);
+    REQUIRE(got.size() == total);
+    bool in_order = true;
+    for (std::size_t i = 0; i < total; ++i)
+        if (got[i] != pattern(i)) in_order = false;
     CHECK(in_order);
     CHECK(ring.lent() == 0);
 }
