@@ -1157,6 +1157,56 @@ TEST_CASE("ring_reader: time limits and stop tokens end waits without losing the
     CHECK(ring.lent() == 0);
 }
 
+TEST_CASE("ring_reader: a time limit that expired while data arrived in the same turn: the data waits for the next receive",
+          "[ring_reader_hostile]") {
+    fd_leak_guard guard;
+    io_context ctx;
+    buffer_ring ring(ctx, 4, 64);
+    auto pab = make_pair(ctx);
+    auto& a = pab.first;
+    auto& b = pab.second;
+    ring_reader reader(a, ring);
+    std::optional<io_result<lent_buffer>> first;
+    auto t = [&]() -> task<void> { first = co_await reader.receive(20ms); };
+    ctx.spawn(t());
+    spin(ctx);  // armed
+    raw_send(b, "same turn");
+    std::this_thread::sleep_for(40ms);  // the loop is not running: deadline passed, data ready
+    ctx.run();
+    REQUIRE(first);
+    if (first->has_value()) {
+        CHECK((*first)->chars() == "same turn");  // the data won: fine too
+    } else {
+        CHECK(first->error() == std::errc::timed_out);
+        auto second = ctx.sync_wait(take(reader, 1s));
+        REQUIRE(second);
+        CHECK(second->chars() == "same turn");
+    }
+    first.reset();
+    CHECK(ring.lent() == 0);
+}
+
+TEST_CASE("ring_reader: a datagram peer going away is reported once; later receives wait (no spin)",
+          "[ring_reader_hostile]") {
+    fd_leak_guard guard;
+    io_context ctx;
+    buffer_ring ring(ctx, 4, 64);
+    auto dg = datagram_socket::pair(ctx);
+    REQUIRE(dg);
+    ring_reader reader(dg->first, ring);
+    raw_send_fd(dg->second.native_handle(), "last words");
+    dg->second.close();
+    auto m = ctx.sync_wait(take(reader, 1s));
+    REQUIRE(m);
+    CHECK(m->chars() == "last words");
+    m = {};
+    auto next = ctx.sync_wait(take(reader, 100ms));
+    CHECK(!next);
+    auto after = ctx.sync_wait(take(reader, 50ms));
+    CHECK(after.error() == std::errc::timed_out);
+    CHECK(ring.lent() == 0);
+}
+
 TEST_CASE("ring_reader: time limits expiring as data arrives lose no byte and reorder nothing", "[ring_reader_hostile]") {
     fd_leak_guard guard;
     io_context ctx;
