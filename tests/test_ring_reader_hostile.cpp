@@ -90,6 +90,35 @@ TEST_CASE("ring_reader: destroying the reader ends a waiting receive with operat
     CHECK(r == "after");
 }
 
+TEST_CASE("ring_reader: the first of several waiters destroys the reader when it resumes; the others end cleanly",
+          "[ring_reader_hostile]") {
+    fd_leak_guard guard;
+    io_context ctx;
+    buffer_ring ring(ctx, 8, 64);
+    auto sp = seqpacket_socket::pair(ctx);
+    REQUIRE(sp);
+    auto reader = std::make_unique<ring_reader>(sp->first, ring);
+    std::vector<std::string> got;
+    auto w = [&](bool destroyer) -> task<void> {
+        auto r = co_await reader->receive(2s);
+        got.push_back(r ? std::string(r->chars()) : "!" + r.error().message());
+        if (destroyer) reader.reset();
+    };
+    ctx.spawn(w(true));
+    ctx.spawn(w(false));
+    ctx.spawn(w(false));
+    ctx.spawn(w(false));
+    spin(ctx);
+    raw_send_fd(sp->second.native_handle(), "m1");
+    raw_send_fd(sp->second.native_handle(), "m2");
+    ctx.run();
+    REQUIRE(got.size() == 4);
+    CHECK(got[0] == "m1");
+    // The others got a message handed before the reader went, or operation_canceled.
+    for (std::size_t i = 1; i < got.size(); ++i) CHECK((got[i] == "m2" || got[i][0] == '!'));
+    CHECK(ring.lent() == 0);
+}
+
 TEST_CASE("ring_reader: destroying the reader with queued completions gives every buffer back",
           "[ring_reader_hostile]") {
     fd_leak_guard guard;
@@ -186,6 +215,47 @@ TEST_CASE("ring_reader: destroying the socket while a receive waits ends it; the
     CHECK(got->error() == std::errc::operation_canceled);
     auto again = ctx.sync_wait(take(reader));
     CHECK(again.error() == std::errc::operation_canceled);
+    CHECK(ring.lent() == 0);
+}
+
+TEST_CASE("ring_reader: a socket closed while armed, its descriptor number and file slot reused: the old reader never reads the new socket",
+          "[ring_reader_hostile]") {
+    fd_leak_guard guard;
+    io_context::options opts{};
+    opts.register_after = 1;  // the socket takes a registered-file slot at once
+    io_context ctx(opts);
+    buffer_ring ring(ctx, 4, 64);
+    auto pab = make_pair(ctx);
+    auto& a = pab.first;
+    auto& b = pab.second;
+    for (int i = 0; i < 3; ++i) {  // some plain reads first (slot registration)
+        raw_send(b, "p");
+        auto p = ctx.sync_wait(plain_read(a));
+        CHECK(p == "p");
+    }
+    ring_reader reader(a, ring);
+    raw_send(b, "r");
+    auto r = ctx.sync_wait(take(reader));
+    REQUIRE(r);
+    r = {};
+    std::optional<io_result<lent_buffer>> waiting;
+    auto t = [&]() -> task<void> { waiting = co_await reader.receive(); };
+    ctx.spawn(t());
+    spin(ctx);
+    const int old_fd = a.native_handle();
+    a.close();
+    auto pcd = make_pair(ctx);  // likely the same descriptor number and slot
+    auto& c = pcd.first;
+    auto& d = pcd.second;
+    INFO("old fd " << old_fd << ", new fds " << c.native_handle() << " " << d.native_handle());
+    raw_send(d, "for c");
+    ctx.run();
+    REQUIRE(waiting);
+    CHECK(waiting->error() == std::errc::operation_canceled);
+    auto again = ctx.sync_wait(take(reader, 50ms));
+    CHECK(again.error() == std::errc::operation_canceled);
+    auto got = ctx.sync_wait(plain_read(c, 1s));
+    CHECK(got == "for c");
     CHECK(ring.lent() == 0);
 }
 
