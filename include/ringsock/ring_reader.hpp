@@ -29,8 +29,10 @@ namespace ringsock {
 ///   (the data waits in the socket, under the peer's flow control) until the caller
 ///   catches up. An idle connection holds no buffer.
 /// - An empty ring (ENOBUFS) is waited out as with read_some(ring); no data is lost.
-/// - Closing, moving or destroying the socket, or destroying the buffer_ring, ends the
-///   reads waiting here with operation_canceled, like every other read on the socket.
+/// - Closing, releasing or destroying the socket, or destroying the buffer_ring, ends the
+///   reads waiting here with operation_canceled, like every other read on the socket (a
+///   moved socket takes its reader along, as it does its other operations). Once the
+///   socket is gone, completions not yet taken are dropped.
 /// Create, use and destroy it on the loop's thread; the socket and the buffer_ring must
 /// belong to the same io_context. The reader may outlive both.
 class ring_reader {
@@ -58,7 +60,7 @@ public:
     /// io_result<lent_buffer>. Errors: errc::message_truncated (the message was larger
     /// than a buffer; the value holds the part that fit), the socket's errors
     /// (ECONNRESET...), operation_canceled, timed_out; EBUSY (see the constructor),
-    /// EBADF (a default-constructed or moved-from reader).
+    /// EBADF (a moved-from reader). Throws std::logic_error on a default-constructed one.
     [[nodiscard]] auto receive(op_limits lim = {}) {
         if (!ctx_) throw std::logic_error("ringsock: ring_reader::receive on a default-constructed reader");
         return detail::receive_wait(*ctx_, engine_.get(), lim);
