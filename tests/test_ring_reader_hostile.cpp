@@ -45,7 +45,7 @@ task<std::string> plain_read(stream_socket& s, op_limits lim = {}) {
     co_return std::string(buf, *n);
 }
 
-void raw_send_fd(int fd, const std::string& s) {
+void send_on(int fd, const std::string& s) {
     REQUIRE(::send(fd, s.data(), s.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(s.size()));
 }
 
@@ -109,8 +109,8 @@ TEST_CASE("ring_reader: the first of several waiters destroys the reader when it
     ctx.spawn(w(false));
     ctx.spawn(w(false));
     spin(ctx);
-    raw_send_fd(sp->second.native_handle(), "m1");
-    raw_send_fd(sp->second.native_handle(), "m2");
+    send_on(sp->second.native_handle(), "m1");
+    send_on(sp->second.native_handle(), "m2");
     ctx.run();
     REQUIRE(got.size() == 4);
     CHECK(got[0] == "m1");
@@ -423,7 +423,7 @@ TEST_CASE("ring_reader: destroying the io_context with readers armed in spawned 
         }
         spin(*ctx);
         for (auto& fd : peers)
-            for (int k = 0; k < 5; ++k) raw_send_fd(fd.get(), "data" + std::to_string(k));
+            for (int k = 0; k < 5; ++k) send_on(fd.get(), "data" + std::to_string(k));
         spin(*ctx, 8);
         ctx.reset();
     }
@@ -588,8 +588,8 @@ TEST_CASE("ring_reader: a coroutine destroyed after the engine handed it a buffe
     ctx.spawn(t());
     ctx.spawn(t());
     spin(ctx);
-    raw_send_fd(sp->second.native_handle(), "one");
-    raw_send_fd(sp->second.native_handle(), "two");
+    send_on(sp->second.native_handle(), "one");
+    send_on(sp->second.native_handle(), "two");
     // One turn reaps both completions: both waiters are handed a buffer; resume only one.
     ctx.run_one();
     CHECK(resumed == 1);
@@ -880,11 +880,11 @@ TEST_CASE("ring_reader: seqpacket keeps message boundaries, hands out empty mess
     REQUIRE(sp);
     ring_reader reader(sp->first, ring);
     const int peer = sp->second.native_handle();
-    raw_send_fd(peer, "one");
-    raw_send_fd(peer, "two");
+    send_on(peer, "one");
+    send_on(peer, "two");
     REQUIRE(::send(peer, "", 0, MSG_NOSIGNAL) == 0);
-    raw_send_fd(peer, "a message longer than sixteen");
-    raw_send_fd(peer, "after");
+    send_on(peer, "a message longer than sixteen");
+    send_on(peer, "after");
     auto run = [&]() -> task<void> {
         auto m1 = co_await reader.receive(2s);
         REQUIRE(m1);
@@ -1065,14 +1065,14 @@ TEST_CASE("ring_reader: after a reader stopped at its queue cap goes, a plain re
         std::snprintf(m, sizeof m, "m%03d", i);
         return std::string(m);
     };
-    raw_send_fd(peer, msg(0));
+    send_on(peer, msg(0));
     auto first = ctx.sync_wait(take(*reader));
     REQUIRE(first);
     CHECK(first->chars() == msg(0));
     first = {};
     constexpr int n = 40;
     for (int i = 1; i < n; ++i) {
-        raw_send_fd(peer, msg(i));
+        send_on(peer, msg(i));
         pump(ctx, 1ms);
     }
     pump(ctx);
@@ -1114,7 +1114,7 @@ TEST_CASE("ring_reader: several coroutines waiting on one reader get the message
     };
     for (std::size_t i = 0; i < got.size(); ++i) ctx.spawn(w(i));
     spin(ctx);
-    for (std::size_t i = 0; i < got.size(); ++i) raw_send_fd(sp->second.native_handle(), "w" + std::to_string(i));
+    for (std::size_t i = 0; i < got.size(); ++i) send_on(sp->second.native_handle(), "w" + std::to_string(i));
     ctx.run();
     for (std::size_t i = 0; i < got.size(); ++i) CHECK(got[i] == "w" + std::to_string(i));
     CHECK(ring.lent() == 0);
@@ -1264,7 +1264,7 @@ TEST_CASE("ring_reader: a datagram peer going away is reported once; later recei
     auto dg = datagram_socket::pair(ctx);
     REQUIRE(dg);
     ring_reader reader(dg->first, ring);
-    raw_send_fd(dg->second.native_handle(), "last words");
+    send_on(dg->second.native_handle(), "last words");
     dg->second.close();
     auto m = ctx.sync_wait(take(reader, 1s));
     REQUIRE(m);
