@@ -1331,6 +1331,48 @@ TEST_CASE("ring_reader: time limits expiring as data arrives lose no byte and re
     CHECK(ring.lent() == 0);
 }
 
+TEST_CASE("ring_reader: a receive never takes queued data while an earlier completion is still on its way to its waiter",
+          "[ring_reader_hostile]") {
+    // W1 and W2 wait; W2 is stopped in one turn (it is ready, not resumed). The next turn
+    // reaps X and Y: X goes to W1 (ready after W2), Y is queued. W2 resumes first and
+    // receives again: it must not take Y before W1 has seen X (with plain reads the first
+    // read keeps the direction until it resumes).
+    // (With DEFER_TASKRUN, the default: completions arrive only when the loop enters.)
+    fd_leak_guard guard;
+    io_context ctx;
+    buffer_ring ring(ctx, 4, 16);
+    auto sp = seqpacket_socket::pair(ctx);
+    REQUIRE(sp);
+    ring_reader reader(sp->first, ring);
+    std::stop_source stop;
+    std::vector<std::string> seen;  // data, in the order coroutines saw it
+    auto w1 = [&]() -> task<void> {
+        auto r = co_await reader.receive(2s);
+        seen.push_back(r ? std::string(r->chars()) : "!" + r.error().message());
+    };
+    auto w2 = [&]() -> task<void> {
+        auto first = co_await reader.receive(stop.get_token());
+        if (first) seen.push_back(std::string(first->chars()));
+        auto r = co_await reader.receive(2s);
+        seen.push_back(r ? std::string(r->chars()) : "!" + r.error().message());
+    };
+    auto c = [&]() -> task<void> {
+        stop.request_stop();                 // W2 ready now
+        (void)co_await sleep_for(ctx, 1ms);  // an SQE waiting: the next turn enters and reaps
+    };
+    ctx.spawn(w1());
+    ctx.spawn(w2());
+    spin(ctx);
+    send_on(sp->second.native_handle(), "X");
+    send_on(sp->second.native_handle(), "Y");
+    ctx.spawn(c());
+    ctx.run();
+    REQUIRE(seen.size() == 2);
+    CHECK(seen[0] == "X");
+    CHECK(seen[1] == "Y");
+    CHECK(ring.lent() == 0);
+}
+
 TEST_CASE("ring_reader: eight coroutines receiving with random time limits see the stream in order",
           "[ring_reader_hostile]") {
     fd_leak_guard guard;
