@@ -12,6 +12,7 @@
 #include "buffer_ring.hpp"
 #include "detail/receive_engine.hpp"
 #include "detail/socket_base.hpp"
+#include "fd_stream.hpp"
 #include "io_context.hpp"
 #include "op_limits.hpp"
 #include "stream_socket.hpp"
@@ -28,8 +29,10 @@ namespace ringsock {
 ///   (the data waits in the socket, under the peer's flow control) until the caller
 ///   catches up. An idle connection holds no buffer.
 /// - An empty ring (ENOBUFS) is waited out as with read_some(ring); no data is lost.
-/// - Closing, moving or destroying the socket, or destroying the buffer_ring, ends the
-///   reads waiting here with operation_canceled, like every other read on the socket.
+/// - Closing, releasing or destroying the socket, or destroying the buffer_ring, ends the
+///   reads waiting here with operation_canceled, like every other read on the socket (a
+///   moved socket takes its reader along, as it does its other operations). Once the
+///   socket is gone, completions not yet taken are dropped.
 /// - Datagram sockets have no end of stream, and the kernel's multishot receive does not
 ///   notice shutdown(SHUT_RD) on one (a non-blocking datagram recv answers EAGAIN after
 ///   it; a single-shot read falls back to a blocking one, a multishot read cannot): end
@@ -44,9 +47,11 @@ public:
 
     ring_reader() noexcept = default;
     /// A reader of `sock` into `ring`. It arms nothing until the first receive(). If a
-    /// read is under way on `sock` right now, every receive() fails with EBUSY.
+    /// read is under way on `sock` right now, every receive() fails with EBUSY. Not for
+    /// an fd_stream: a multishot recv has no control buffer, so the kernel would close
+    /// every descriptor that arrives (fd_stream promises never to drop one).
     template <class Socket>
-        requires std::is_base_of_v<detail::socket_base, Socket>
+        requires(std::is_base_of_v<detail::socket_base, Socket> && !std::is_base_of_v<fd_stream, Socket>)
     ring_reader(Socket& sock, buffer_ring& ring)
         : ctx_(&sock.bound_context()),
           engine_(std::make_unique<detail::receive_engine>(sock.bound_context(), sock.fd_.get(), &sock.state_,
@@ -60,7 +65,7 @@ public:
     /// io_result<lent_buffer>. Errors: errc::message_truncated (the message was larger
     /// than a buffer; the value holds the part that fit), the socket's errors
     /// (ECONNRESET...), operation_canceled, timed_out; EBUSY (see the constructor),
-    /// EBADF (a default-constructed or moved-from reader).
+    /// EBADF (a moved-from reader). Throws std::logic_error on a default-constructed one.
     [[nodiscard]] auto receive(op_limits lim = {}) {
         if (!ctx_) throw std::logic_error("ringsock: ring_reader::receive on a default-constructed reader");
         return detail::receive_wait(*ctx_, engine_.get(), lim);

@@ -60,6 +60,8 @@ private:
     std::size_t head_ = 0;
 };
 
+class receive_wait;
+
 class receive_engine final : public operation, public buffer_ring_user {
 public:
     /// Completions queued with nobody waiting before the engine stops receiving (it
@@ -130,7 +132,11 @@ public:
             ring_->unstarve(this);
         }
         if (closing_) return false;
-        if (std::exchange(starved_, false) && !waiters_.waiters.empty() && may_arm()) {
+        // The socket was closed (moved from, released...): what is queued can never be
+        // handed out (receive() reports operation_canceled); give the buffers back now,
+        // not when the reader goes (it may be kept for long, and the ring is shared).
+        if (gone()) queue_.clear();
+        if (std::exchange(starved_, false) && !waiters_.waiters.empty() && queue_.empty() && may_arm()) {
             // Someone waits and the ring is empty: wait for a buffer to come back with
             // a TIMEOUT request (cancels reach it like the receive) and receive again.
             waiting_ = true;
@@ -143,9 +149,14 @@ public:
         return false;
     }
 
-    /// The next completion in order, if one is queued.
+    /// Gives back every queued completion's buffer (the socket is gone).
+    void drop_queue() noexcept { queue_.clear(); }
+    /// The next completion in order, if one is queued and no completion handed to a
+    /// waiter is still on its way to that waiter (it must resume first: the order in
+    /// which coroutines see the data is the order it came in, as with plain reads, whose
+    /// holder keeps the direction until it resumes).
     bool take(received& out) noexcept {
-        if (queue_.empty()) return false;
+        if (handed_ || queue_.empty()) return false;
         out = queue_.pop_front();
         return true;
     }
@@ -153,7 +164,8 @@ public:
     /// cannot be armed (the socket was closed, the context or the ring is going away)
     /// ends every wait with operation_canceled.
     void arm() noexcept {
-        if (closing_ || state_ != op_state::idle || waiters_.waiters.empty()) return;
+        // Waiters are served from the queue first (pump()); only then is more received.
+        if (closing_ || state_ != op_state::idle || waiters_.waiters.empty() || !queue_.empty()) return;
         if (!may_arm() || !ctx_->submit_now(this)) fail_waiters(-ECANCELED);
     }
     op_gate* waiters() noexcept { return &waiters_; }
@@ -177,6 +189,7 @@ public:
     /// operation_canceled and gives the queued buffers back.
     void shut() noexcept {
         closing_ = true;
+        forget_handed();
         settle();  // cancels and reaps the armed request; releases the direction
         state_ = op_state::idle;
         if (holds_gate_) ctx_->release_gate(this);
@@ -186,9 +199,21 @@ public:
         queue_.clear();
     }
 
+    /// Gives queued completions to waiters, in order, once the completion handed last
+    /// has reached its coroutine; then arms the request if waiters remain.
+    inline void pump() noexcept;
+    /// The waiter `w`, handed a completion, resumed or was destroyed.
+    void handed_done(receive_wait* w) noexcept {
+        if (handed_ != w) return;
+        handed_ = nullptr;
+        pump();
+    }
+
 private:
     bool may_arm() const noexcept { return !gone() && !ring_->closed; }
     inline void deliver(received&& r, bool more) noexcept;
+    inline void hand(receive_wait* w, received&& r) noexcept;
+    inline void forget_handed() noexcept;
     inline void fail_waiters(int res) noexcept;
 
     int fd_;
@@ -199,6 +224,7 @@ private:
     bool starved_ = false;  // the request ended with ENOBUFS
     bool waiting_ = false;  // the request in flight is the wait for a buffer
     op_gate waiters_{true, nullptr, {}};  // always "busy": receive() waiters queue here
+    receive_wait* handed_ = nullptr;       // handed a completion, not yet resumed
     received_fifo queue_;
     // How long one wait lasts if no returning buffer cuts it short (then it tries again).
     __kernel_timespec wait_{0, 20'000'000};
@@ -216,7 +242,10 @@ public:
     }
     receive_wait(const receive_wait&) = delete;
     receive_wait& operator=(const receive_wait&) = delete;
-    ~receive_wait() { settle(); }  // a buffer handed over but never taken goes back with got_
+    ~receive_wait() {
+        settle();  // a buffer handed over but never taken goes back with got_
+        if (std::exchange(in_transit_, false)) engine_->handed_done(this);  // the next waiter may go on
+    }
 
     bool await_ready() noexcept {
         if (!engine_ || engine_->busy()) {
@@ -224,6 +253,7 @@ public:
             res_ = engine_ ? -EBUSY : -EBADF;
         } else if (engine_->gone()) {
             res_ = -ECANCELED;  // the socket was closed: its reads are cancelled
+            engine_->drop_queue();  // and what was queued can never be handed out
         } else if (!operation::await_ready()) {
             if (!engine_->take(got_.buf_and_res)) return false;
             got_.valid = true;
@@ -237,12 +267,13 @@ public:
         message_ = engine_->message();
         size_ = engine_->buffer_size();
         operation::await_suspend(h);
-        engine_->arm();
+        engine_->pump();
     }
     void prepare(io_uring_sqe*) noexcept override {}  // never submitted: it only waits
 
     io_result<lent_buffer> await_resume() noexcept {
         finish_wait();
+        if (std::exchange(in_transit_, false)) engine_->handed_done(this);
         if (!got_.valid) return {result_error(), "ring_reader::receive"};
         received& r = got_.buf_and_res;
         if (r.res < 0) return {std::error_code(-r.res, std::generic_category()), "ring_reader::receive"};
@@ -259,7 +290,10 @@ public:
     void hand(received&& r) noexcept {
         got_.buf_and_res = std::move(r);
         got_.valid = true;
+        in_transit_ = true;
     }
+    /// Called by the engine as it goes: this waiter must not tell it it resumed.
+    void forget_engine() noexcept { in_transit_ = false; }
 
 private:
     struct taken {
@@ -268,15 +302,35 @@ private:
     };
     receive_engine* engine_;
     taken got_;
+    bool in_transit_ = false;  // handed a completion by the engine, which waits for this to resume
     bool message_ = false;
     std::size_t size_ = 0;
 };
 
+inline void receive_engine::hand(receive_wait* w, received&& r) noexcept {
+    w->hand(std::move(r));
+    handed_ = w;
+    ctx_->make_ready_op(w);
+}
+
+inline void receive_engine::forget_handed() noexcept {
+    if (receive_wait* w = std::exchange(handed_, nullptr)) w->forget_engine();
+}
+
+inline void receive_engine::pump() noexcept {
+    if (!handed_ && !queue_.empty()) {
+        if (auto* w = static_cast<receive_wait*>(static_cast<operation*>(waiters_.waiters.pop_front())))
+            hand(w, queue_.pop_front());
+    }
+    arm();
+}
+
 inline void receive_engine::deliver(received&& r, bool more) noexcept {
-    if (auto* w = static_cast<receive_wait*>(static_cast<operation*>(waiters_.waiters.pop_front()))) {
-        w->hand(std::move(r));
-        ctx_->make_ready_op(w);
-        return;
+    if (!handed_ && queue_.empty()) {
+        if (auto* w = static_cast<receive_wait*>(static_cast<operation*>(waiters_.waiters.pop_front()))) {
+            hand(w, std::move(r));
+            return;
+        }
     }
     queue_.push_back(std::move(r));
     // Nobody reads right now and the queue is long: stop taking the socket's data (and
