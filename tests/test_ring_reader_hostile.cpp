@@ -528,7 +528,7 @@ TEST_CASE("ring_reader: move-assigning over an armed reader cancels its waiter; 
 }
 
 TEST_CASE("ring_reader: assigning a fresh reader for the same socket over the old one reads the socket",
-          "[ring_reader_hostile][!mayfail]") {
+          "[ring_reader_hostile]") {
     // `reader = ring_reader(sock, ring)` builds the new reader while the old one still
     // holds the socket's receive direction: the new one is made "busy" and fails EBUSY for
     // its whole life, although the old one is gone a moment later.
@@ -835,7 +835,7 @@ TEST_CASE("ring_reader: many readers on a context with a tiny completion queue (
 }
 
 TEST_CASE("ring_reader: a reader whose queue holds a shared ring's every buffer does not starve another socket for good",
-          "[ring_reader_hostile][!mayfail]") {
+          "[ring_reader_hostile]") {
     // One coroutine reads A, then B (a request/response protocol over two sockets). B's
     // reader, armed by an earlier receive, reads ahead: its queue takes every buffer of the
     // small shared ring while nobody reads B. A's receive then waits for a buffer that only

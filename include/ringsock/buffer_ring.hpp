@@ -126,6 +126,7 @@ struct buffer_ring_core {
     unsigned count = 0;
     unsigned lent = 0;
     unsigned users = 0;
+    unsigned read_ahead = 0;  // lent buffers held in ring_readers' queues, not yet taken
     std::uint16_t group = 0;
     bool closed = false;  // the buffer_ring handle is gone: nothing is given back to the kernel
     buffer_ring_user* starved_head = nullptr;

@@ -25,9 +25,12 @@ namespace ringsock {
 /// - While the reader exists it owns the socket's receive direction: any other read on
 ///   the socket waits until the reader is destroyed. Bytes the reader has received and
 ///   not yet handed out are dropped with it (their buffers go back to the ring).
-/// - It receives ahead of receive() calls, at most queue_cap completions: then it stops
+/// - It receives ahead of receive() calls, up to queue_cap completions, and only while
+///   the readers' queues together hold less than half the ring's buffers: then it stops
 ///   (the data waits in the socket, under the peer's flow control) until the caller
-///   catches up. An idle connection holds no buffer.
+///   catches up, so a connection nobody is reading cannot starve the others. (What one
+///   kernel wake-up receives in a batch may go past those bounds.) An idle connection
+///   holds no buffer.
 /// - An empty ring (ENOBUFS) is waited out as with read_some(ring); no data is lost.
 /// - Closing, releasing or destroying the socket, or destroying the buffer_ring, ends the
 ///   reads waiting here with operation_canceled, like every other read on the socket (a
@@ -57,8 +60,19 @@ public:
           engine_(std::make_unique<detail::receive_engine>(sock.bound_context(), sock.fd_.get(), &sock.state_,
                                                            ring.core_, !std::is_base_of_v<stream_socket, Socket>)) {}
     ring_reader(ring_reader&&) noexcept = default;
-    /// Destroys this reader first (see the class comment), then takes over `o`'s.
-    ring_reader& operator=(ring_reader&&) noexcept = default;
+    /// Destroys this reader first (see the class comment), then takes over `o`'s. So
+    /// `reader = ring_reader(sock, ring)` works for the socket `reader` was reading: the
+    /// new reader, made while the old one still held the socket, takes it over.
+    ring_reader& operator=(ring_reader&& o) noexcept {
+        if (this != &o) {
+            // Compared while the old engine still holds it, so the state is known live.
+            detail::socket_state* held = engine_ ? engine_->socket_state_held() : nullptr;
+            engine_ = std::move(o.engine_);
+            ctx_ = o.ctx_;
+            if (held && engine_ && engine_->busy() && engine_->wanted() == held) engine_->take_socket(held);
+        }
+        return *this;
+    }
 
     /// The next bytes (stream: at least one; empty at end of stream) or the next message
     /// (seqpacket, datagram), in a buffer lent from the ring. co_await yields

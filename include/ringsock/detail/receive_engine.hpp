@@ -34,15 +34,24 @@ struct received {
 };
 
 /// FIFO of completions not yet taken. A vector read from a moving head: taking the last
-/// one empties it without freeing, so a steady receive/take cycle never allocates.
+/// one empties it without freeing, so a steady receive/take cycle never allocates. It
+/// keeps the ring-wide count of buffers held in readers' queues up to date.
 class received_fifo {
 public:
+    explicit received_fifo(unsigned* ring_read_ahead) noexcept : read_ahead_(ring_read_ahead) {}
+    received_fifo(const received_fifo&) = delete;
+    received_fifo& operator=(const received_fifo&) = delete;
     bool empty() const noexcept { return head_ == items_.size(); }
     std::size_t size() const noexcept { return items_.size() - head_; }
-    void push_back(received&& r) { items_.push_back(std::move(r)); }
+    void push_back(received&& r) {
+        const bool buffer = !r.buf.empty();
+        items_.push_back(std::move(r));
+        if (buffer) ++*read_ahead_;
+    }
     /// Precondition: !empty().
     received pop_front() noexcept {
         received r = std::move(items_[head_++]);
+        if (!r.buf.empty()) --*read_ahead_;
         if (head_ == items_.size()) {
             items_.clear();
             head_ = 0;
@@ -51,6 +60,9 @@ public:
     }
     /// Returns every buffer to its ring.
     void clear() noexcept {
+        for (std::size_t i = head_; i < items_.size(); ++i) {
+            if (!items_[i].buf.empty()) --*read_ahead_;
+        }
         items_.clear();
         head_ = 0;
     }
@@ -58,6 +70,7 @@ public:
 private:
     std::vector<received> items_;
     std::size_t head_ = 0;
+    unsigned* read_ahead_;
 };
 
 class receive_wait;
@@ -74,14 +87,23 @@ public:
         ring_->attach(this);
         if (st->recv_gate.busy) {
             busy_ = true;  // a read is already under way on the socket
+            wanted_ = st;  // only compared, never followed (see take_socket)
             return;
         }
-        // Hold the receive direction for the reader's whole life: a plain read started
-        // meanwhile waits behind it instead of taking bytes out of the middle of the stream.
-        attach(st, &st->recv_gate);
-        st->recv_gate.busy = true;
-        st->recv_gate.holder = this;
-        holds_gate_ = true;
+        hold(st);
+    }
+    /// The socket state this engine reads, or nullptr (gone, or never taken: busy()).
+    socket_state* socket_state_held() const noexcept { return holds_gate_ ? sock_ : nullptr; }
+    /// The socket state that was busy when this engine was made (busy() only).
+    const socket_state* wanted() const noexcept { return wanted_; }
+    /// A busy engine takes `st` after all, now that the reader that held it is gone.
+    /// Precondition: `st` is live (the caller just saw another engine hold it) and is
+    /// the state this engine was made for.
+    void take_socket(socket_state* st) noexcept {
+        if (!busy_ || st != wanted_ || st->recv_gate.busy) return;
+        busy_ = false;
+        wanted_ = nullptr;
+        hold(st);
     }
     receive_engine(const receive_engine&) = delete;
     receive_engine& operator=(const receive_engine&) = delete;
@@ -211,6 +233,14 @@ public:
 
 private:
     bool may_arm() const noexcept { return !gone() && !ring_->closed; }
+    // Holds the receive direction for the reader's whole life: a plain read started
+    // meanwhile waits behind it instead of taking bytes out of the middle of the stream.
+    void hold(socket_state* st) noexcept {
+        attach(st, &st->recv_gate);
+        st->recv_gate.busy = true;
+        st->recv_gate.holder = this;
+        holds_gate_ = true;
+    }
     inline void deliver(received&& r, bool more) noexcept;
     inline void hand(receive_wait* w, received&& r) noexcept;
     inline void forget_handed() noexcept;
@@ -220,12 +250,13 @@ private:
     buffer_ring_core* ring_;
     bool message_;
     bool busy_ = false;
+    const socket_state* wanted_ = nullptr;
     bool closing_ = false;
     bool starved_ = false;  // the request ended with ENOBUFS
     bool waiting_ = false;  // the request in flight is the wait for a buffer
     op_gate waiters_{true, nullptr, {}};  // always "busy": receive() waiters queue here
     receive_wait* handed_ = nullptr;       // handed a completion, not yet resumed
-    received_fifo queue_;
+    received_fifo queue_{&ring_->read_ahead};  // TRICKY: after ring_ (initialised from it)
     // How long one wait lasts if no returning buffer cuts it short (then it tries again).
     __kernel_timespec wait_{0, 20'000'000};
 };
@@ -333,9 +364,12 @@ inline void receive_engine::deliver(received&& r, bool more) noexcept {
         }
     }
     queue_.push_back(std::move(r));
-    // Nobody reads right now and the queue is long: stop taking the socket's data (and
-    // the ring's buffers) until the reader catches up; the next wait re-arms.
-    if (queue_.size() >= queue_cap && more && !cancel_sent_) ctx_->request_cancel(this);
+    // Nobody reads right now and the queue is long, or readers' queues together hold
+    // half the shared ring: stop taking the socket's data (and the ring's buffers) until
+    // the reader catches up, so one connection's reader cannot starve the others; the
+    // next wait re-arms.
+    if (more && !cancel_sent_ && (queue_.size() >= queue_cap || 2 * ring_->read_ahead >= ring_->count))
+        ctx_->request_cancel(this);
 }
 
 inline void receive_engine::fail_waiters(int res) noexcept {
