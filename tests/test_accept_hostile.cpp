@@ -562,3 +562,43 @@ TEST_CASE("accept hostile: a flood of thousands of connects from another thread 
     }
     CHECK(ringsock::test::open_fd_count() == fds0);
 }
+
+// An adopted listener's file description is shared with every process holding it (a
+// socket-activation sibling, a forked worker with a blocking accept loop): one of them
+// may clear O_NONBLOCK after adopt(). A direct accept4 on it then blocks the whole loop
+// until some client connects; accept() must wait on the ring instead.
+TEST_CASE("accept hostile: an adopted listener made blocking after adopt() by another holder never blocks the loop "
+          "in accept()",
+          "[acceptor][accept_hostile][adopt]") {
+    io_context ctx;
+    auto ep = unique_name("cleared");
+    unique_fd raw(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    REQUIRE(raw);
+    REQUIRE(::bind(raw.get(), ep.data(), ep.size()) == 0);
+    REQUIRE(::listen(raw.get(), 8) == 0);
+    auto acc = acceptor::adopt(ctx, std::move(raw));
+    // Another holder of the description (same file description: same flags) clears it.
+    const int fl = ::fcntl(acc.native_handle(), F_GETFL);
+    REQUIRE(::fcntl(acc.native_handle(), F_SETFL, fl & ~O_NONBLOCK) == 0);
+    // Rescue: if the loop is stuck in a blocking accept4, a client unblocks it later.
+    std::atomic<bool> stop{false};
+    unique_fd rescue;
+    std::thread rescuer([&] {
+        for (int i = 0; i < 150 && !stop.load(); ++i) std::this_thread::sleep_for(10ms);
+        if (!stop.load()) rescue = connect_with_id(ep, 99);
+    });
+    const auto t0 = std::chrono::steady_clock::now();
+    auto r = ctx.sync_wait([&]() -> task<io_result<stream_socket>> { co_return co_await acc.accept(100ms); }());
+    const auto waited = std::chrono::steady_clock::now() - t0;
+    stop = true;
+    rescuer.join();
+    CHECK_FALSE(r);
+    if (!r) CHECK(r.error() == std::errc::timed_out);
+    CHECK(waited < 1s);
+    // A client that does come is still accepted (through the ring).
+    auto c = connect_with_id(ep, 5);
+    auto s = ctx.sync_wait([&]() -> task<io_result<stream_socket>> { co_return co_await acc.accept(2s); }());
+    REQUIRE(s);
+    const std::uint32_t id = read_id(s->native_handle());
+    CHECK((id == 5 || id == 99));
+}
