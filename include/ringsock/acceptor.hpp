@@ -84,12 +84,15 @@ class accept_engine final : public operation {
 public:
     static constexpr std::size_t queue_cap = 64;
 
-    accept_engine(io_context& ctx, int fd) noexcept : operation(ctx, {}), listen_fd_(fd) {
-        // Only a listener that is already non-blocking: an adopted descriptor's flags are
-        // shared with every process holding it, so they are never changed here.
-        const int fl = ::fcntl(fd, F_GETFL);
-        may_try_now_ = fl >= 0 && (fl & O_NONBLOCK) != 0;
-    }
+    /// `flags_ours`: listen() made the listener non-blocking itself. An adopted one's
+    /// flags are shared with every process holding its file description (a forked
+    /// worker, a socket-activation sibling): they are never changed here, and any of
+    /// those processes may clear O_NONBLOCK at any time, so they are read again before
+    /// each direct attempt (a blocking accept4 would hang the loop until a client came).
+    /// A holder that clears it between that read and the accept4 still can: a window of
+    /// one syscall, where a snapshot taken at adopt() left it open for good.
+    accept_engine(io_context& ctx, int fd, bool flags_ours) noexcept
+        : operation(ctx, {}), listen_fd_(fd), flags_shared_(!flags_ours) {}
     ~accept_engine() {
         shut();  // queued descriptors are closed by queue_'s destructor
     }
@@ -141,8 +144,11 @@ public:
     /// each; the next miss arms it again.
     static constexpr int would_block = 1;
     int try_now() noexcept {
-        if (!may_try_now_ || closing_ || !queue_.empty() || !waiters_.waiters.empty() || !spec_.worth_trying())
-            return would_block;
+        if (closing_ || !queue_.empty() || !waiters_.waiters.empty() || !spec_.worth_trying()) return would_block;
+        if (flags_shared_) {
+            const int fl = ::fcntl(listen_fd_, F_GETFL);
+            if (fl < 0 || (fl & O_NONBLOCK) == 0) return would_block;
+        }
         const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
         if (fd >= 0) {
             spec_.hit();
@@ -182,7 +188,7 @@ private:
     fd_fifo queue_;
     int last_error_ = 0;
     bool closing_ = false;
-    bool may_try_now_ = false;  // the listener is non-blocking: accept4 never waits
+    bool flags_shared_;  // adopted: O_NONBLOCK is checked before each direct accept4
     speculation spec_;
 };
 
@@ -324,13 +330,13 @@ public:
             bound.remove();
             return {ec, "listen"};
         }
-        return basic_acceptor(ctx, std::move(*fd), std::move(bound));
+        return basic_acceptor(ctx, std::move(*fd), std::move(bound), true);
     }
 
     /// Adopts a descriptor that is already listening with this socket type (e.g. from
     /// socket activation). Its socket file is never removed by this acceptor.
     static basic_acceptor adopt(io_context& ctx, unique_fd listening) {
-        return basic_acceptor(ctx, std::move(listening), {});
+        return basic_acceptor(ctx, std::move(listening), {}, false);
     }
 
     /// Waits for the next connection. co_await yields io_result<Socket>.
@@ -365,9 +371,9 @@ public:
     io_result<endpoint> local_endpoint() const { return ringsock::local_endpoint(fd_.get()); }
 
 private:
-    basic_acceptor(io_context& ctx, unique_fd fd, detail::bound_path bound)
+    basic_acceptor(io_context& ctx, unique_fd fd, detail::bound_path bound, bool flags_ours)
         : ctx_(&ctx), fd_(std::move(fd)),
-          engine_(std::make_unique<detail::accept_engine>(ctx, fd_.get())), bound_(std::move(bound)) {}
+          engine_(std::make_unique<detail::accept_engine>(ctx, fd_.get(), flags_ours)), bound_(std::move(bound)) {}
 
     io_context* ctx_ = nullptr;
     unique_fd fd_;
