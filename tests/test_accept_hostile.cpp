@@ -602,3 +602,43 @@ TEST_CASE("accept hostile: an adopted listener made blocking after adopt() by an
     const std::uint32_t id = read_id(s->native_handle());
     CHECK((id == 5 || id == 99));
 }
+
+TEST_CASE("accept hostile: an accept() that misses while the cancel of the multishot request (after a direct hit) is "
+          "still in flight re-arms the request and gets the next client",
+          "[acceptor][accept_hostile]") {
+    io_context ctx;
+    auto ep = unique_name("rearm");
+    auto acc = acceptor::listen(ctx, ep);
+    REQUIRE(acc);
+    std::vector<unique_fd> clients;
+    auto connect_soon = [&](std::uint32_t id) -> task<void> {
+        (void)co_await ringsock::sleep_for(ctx, 2ms);
+        clients.push_back(connect_with_id(ep, id));
+    };
+    auto accept_one = [&]() -> task<io_result<stream_socket>> { co_return co_await acc->accept(2s); };
+    for (std::uint32_t round = 0; round < 30; ++round) {
+        const std::uint32_t base = round * 3;
+        // Arm: an accept that finds nothing, answered by a client; then spend the skip.
+        auto first = ctx.sync_wait([&]() -> task<io_result<stream_socket>> {
+            auto [s, ignored] = co_await ringsock::when_all(accept_one(), connect_soon(base));
+            (void)ignored;
+            co_return std::move(s);
+        }());
+        REQUIRE(first);
+        CHECK(read_id(first->native_handle()) == base);
+        auto skip = ctx.sync_wait([&]() -> task<io_result<stream_socket>> { co_return co_await acc->accept(1ms); }());
+        REQUIRE_FALSE(skip);
+        clients.push_back(connect_with_id(ep, base + 1));
+        ctx.sync_wait([&]() -> task<void> {
+            auto hit = co_await acc->accept(2s);  // direct: cancels the armed request
+            REQUIRE(hit);
+            CHECK(read_id(hit->native_handle()) == base + 1);
+            // Same turn, cancel not yet processed: this one misses and must wait on a
+            // request that is re-armed once the cancelled one ends.
+            auto [s, ignored] = co_await ringsock::when_all(accept_one(), connect_soon(base + 2));
+            (void)ignored;
+            REQUIRE(s);
+            CHECK(read_id(s->native_handle()) == base + 2);
+        }());
+    }
+}
