@@ -642,3 +642,32 @@ TEST_CASE("accept hostile: an accept() that misses while the cancel of the multi
         }());
     }
 }
+
+TEST_CASE("accept hostile: sockets accepted directly and through the ring have the same flags (FD_CLOEXEC, blocking "
+          "file status)",
+          "[acceptor][accept_hostile]") {
+    io_context ctx;
+    auto ep = unique_name("flags");
+    auto acc = acceptor::listen(ctx, ep);
+    REQUIRE(acc);
+    std::vector<unique_fd> clients;
+    clients.push_back(connect_with_id(ep, 0));
+    auto direct = ctx.sync_wait([&]() -> task<io_result<stream_socket>> { co_return co_await acc->accept(2s); }());
+    REQUIRE(direct);
+    auto connect_soon = [&]() -> task<void> {
+        (void)co_await ringsock::sleep_for(ctx, 2ms);
+        clients.push_back(connect_with_id(ep, 1));
+    };
+    auto accept_one = [&]() -> task<io_result<stream_socket>> { co_return co_await acc->accept(2s); };
+    auto ringed = ctx.sync_wait([&]() -> task<io_result<stream_socket>> {
+        auto [s, ignored] = co_await ringsock::when_all(accept_one(), connect_soon());
+        (void)ignored;
+        co_return std::move(s);
+    }());
+    REQUIRE(ringed);
+    for (int fd : {direct->native_handle(), ringed->native_handle()}) {
+        CHECK((::fcntl(fd, F_GETFD) & FD_CLOEXEC) != 0);
+        CHECK((::fcntl(fd, F_GETFL) & O_NONBLOCK) == 0);
+    }
+    CHECK(::fcntl(direct->native_handle(), F_GETFL) == ::fcntl(ringed->native_handle(), F_GETFL));
+}
