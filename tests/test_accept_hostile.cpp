@@ -289,9 +289,9 @@ TEST_CASE("accept hostile: close() or destruction right after a direct hit cance
             } else if (variant == 3) {
                 acceptor moved = std::move(*acc);
                 moved.close();
-            } else {
+            } else if (variant == 0) {
                 acc->close();
-            }
+            }  // variant 1: only the destructor
         }
         // Every client not handed out sees its connection end (EOF or reset), never hangs.
         for (std::size_t i = 2; i < clients.size(); ++i) {
