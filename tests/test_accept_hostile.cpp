@@ -685,3 +685,65 @@ TEST_CASE("accept hostile: sockets accepted directly and through the ring have t
     }
     CHECK(::fcntl(direct->native_handle(), F_GETFL) == ::fcntl(ringed->native_handle(), F_GETFL));
 }
+
+// Without DEFER_TASKRUN (an older kernel's fallback, or options.defer_taskrun = false)
+// the armed multishot request runs its task-work on the loop thread's next syscall: a
+// connection can sit accepted in the CQ, not yet reaped, while a later one waits in the
+// backlog. A direct accept4 then takes the later one first.
+TEST_CASE("accept hostile: without DEFER_TASKRUN, a direct accept never takes a later connection while an earlier "
+          "one already accepted by the multishot request waits in the completion queue",
+          "[acceptor][accept_hostile]") {
+    io_context::options opts;
+    opts.defer_taskrun = false;
+    io_context ctx(opts);
+    int inversions = 0;
+    for (int round = 0; round < 20; ++round) {
+        auto ep = unique_name("coop");
+        auto acc = acceptor::listen(ctx, ep);  // fresh: its direct attempts start eager
+        REQUIRE(acc);
+        std::vector<unique_fd> clients;
+        auto connect_soon = [&]() -> task<void> {
+            (void)co_await ringsock::sleep_for(ctx, 1ms);
+            clients.push_back(connect_with_id(ep, 0));
+        };
+        auto accept_one = [&]() -> task<io_result<stream_socket>> { co_return co_await acc->accept(2s); };
+        // Armed and idle: an accept answered by a client, then an accept that spends the
+        // skip its miss caused and times out.
+        auto first = ctx.sync_wait([&]() -> task<io_result<stream_socket>> {
+            auto [s, ignored] = co_await ringsock::when_all(accept_one(), connect_soon());
+            (void)ignored;
+            co_return std::move(s);
+        }());
+        REQUIRE(first);
+        auto skip = ctx.sync_wait([&]() -> task<io_result<stream_socket>> { co_return co_await acc->accept(1ms); }());
+        REQUIRE_FALSE(skip);
+        // Client A from this thread: the request's task-work accepts it on the way out
+        // of connect/send, into the CQ. Client B from a thread already running, while
+        // this one spins without a syscall: B stays in the backlog.
+        std::atomic<int> step{0};
+        unique_fd client_b;
+        std::thread t([&] {
+            while (step.load(std::memory_order_acquire) == 0) {
+            }
+            client_b = connect_with_id(ep, 2);
+            step.store(2, std::memory_order_release);
+        });
+        std::vector<std::uint32_t> ids;
+        ctx.sync_wait([&]() -> task<void> {
+            // Inside the task: no loop turn (no reap) between the connects and the accept.
+            clients.push_back(connect_with_id(ep, 1));
+            step.store(1, std::memory_order_release);
+            while (step.load(std::memory_order_acquire) != 2) {
+            }
+            for (int i = 0; i < 2; ++i) {
+                auto s = co_await acc->accept(2s);
+                ids.push_back(s ? read_id(s->native_handle()) : ~0u);
+            }
+        }());
+        t.join();
+        REQUIRE(ids.size() == 2);
+        CHECK(std::set<std::uint32_t>(ids.begin(), ids.end()) == std::set<std::uint32_t>{1, 2});
+        if (ids[0] != 1) ++inversions;
+    }
+    CHECK(inversions == 0);
+}
