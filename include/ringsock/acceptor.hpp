@@ -144,7 +144,17 @@ public:
     /// each; the next miss arms it again.
     static constexpr int would_block = 1;
     int try_now() noexcept {
-        if (closing_ || !queue_.empty() || !waiters_.waiters.empty() || !spec_.worth_trying()) return would_block;
+        if (closing_ || !queue_.empty() || !waiters_.waiters.empty()) return would_block;
+        // TRICKY: without DEFER_TASKRUN the armed request's task-work runs on any return
+        // to user space, so a connection it already took from the backlog can wait in
+        // the CQ, not yet reaped (so not in queue_): a direct accept4 would hand out a
+        // later connection before it. Wait for the reap instead. (An interrupt between
+        // this check and the accept4 can still post one: a window of a few instructions.)
+        if (state_ == op_state::in_flight) {
+            io_uring* r = ctx_->native_handle();
+            if (io_uring_cq_ready(r) != 0 || io_uring_cq_has_overflow(r)) return would_block;
+        }
+        if (!spec_.worth_trying()) return would_block;
         if (flags_shared_) {
             const int fl = ::fcntl(listen_fd_, F_GETFL);
             if (fl < 0 || (fl & O_NONBLOCK) == 0) return would_block;
