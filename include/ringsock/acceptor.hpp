@@ -84,12 +84,15 @@ class accept_engine final : public operation {
 public:
     static constexpr std::size_t queue_cap = 64;
 
-    accept_engine(io_context& ctx, int fd) noexcept : operation(ctx, {}), listen_fd_(fd) {
-        // Only a listener that is already non-blocking: an adopted descriptor's flags are
-        // shared with every process holding it, so they are never changed here.
-        const int fl = ::fcntl(fd, F_GETFL);
-        may_try_now_ = fl >= 0 && (fl & O_NONBLOCK) != 0;
-    }
+    /// `flags_ours`: listen() made the listener non-blocking itself. An adopted one's
+    /// flags are shared with every process holding its file description (a forked
+    /// worker, a socket-activation sibling): they are never changed here, and any of
+    /// those processes may clear O_NONBLOCK at any time, so they are read again before
+    /// each direct attempt (a blocking accept4 would hang the loop until a client came).
+    /// A holder that clears it between that read and the accept4 still can: a window of
+    /// one syscall, where a snapshot taken at adopt() left it open for good.
+    accept_engine(io_context& ctx, int fd, bool flags_ours) noexcept
+        : operation(ctx, {}), listen_fd_(fd), flags_shared_(!flags_ours) {}
     ~accept_engine() {
         shut();  // queued descriptors are closed by queue_'s destructor
     }
@@ -141,8 +144,24 @@ public:
     /// each; the next miss arms it again.
     static constexpr int would_block = 1;
     int try_now() noexcept {
-        if (!may_try_now_ || closing_ || !queue_.empty() || !waiters_.waiters.empty() || !spec_.worth_trying())
-            return would_block;
+        if (closing_ || !queue_.empty() || !waiters_.waiters.empty()) return would_block;
+        // TRICKY: without DEFER_TASKRUN the armed request's task-work runs on any return
+        // to user space, so a connection it already took from the backlog can wait in
+        // the CQ, not yet reaped (so not in queue_): a direct accept4 would hand out a
+        // later connection before it. Wait for the reap instead. (An interrupt between
+        // this check and the accept4 can still post one: a window of a few instructions.)
+        if (state_ == op_state::in_flight) {
+            io_uring* r = ctx_->native_handle();
+            if (io_uring_cq_ready(r) != 0 || io_uring_cq_has_overflow(r)) return would_block;
+        }
+        if (!spec_.worth_trying()) return would_block;
+        if (flags_shared_) {
+            const int fl = ::fcntl(listen_fd_, F_GETFL);
+            if (fl < 0 || (fl & O_NONBLOCK) == 0) {
+                spec_.missed();  // a blocking listener (socket activation's default): back off
+                return would_block;
+            }
+        }
         const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
         if (fd >= 0) {
             spec_.hit();
@@ -182,7 +201,7 @@ private:
     fd_fifo queue_;
     int last_error_ = 0;
     bool closing_ = false;
-    bool may_try_now_ = false;  // the listener is non-blocking: accept4 never waits
+    bool flags_shared_;  // adopted: O_NONBLOCK is checked before each direct accept4
     speculation spec_;
 };
 
@@ -304,7 +323,11 @@ public:
     /// Binds and listens. A stale socket file is replaced, including one whose server
     /// was just killed and whose io_uring teardown still holds it open (this may wait
     /// up to 2 s when the listener's creator has exited but another process may hold
-    /// it). Errors: EADDRINUSE (a live server owns the path),
+    /// it). The listener is non-blocking (O_NONBLOCK), so accept() can take a waiting
+    /// connection with one accept4. The flag belongs to the file description, so a
+    /// process forked from this one shares it: its blocking accept(2) calls would get
+    /// EAGAIN. Fork before listen(), or accept there through ringsock too.
+    /// Errors: EADDRINUSE (a live server owns the path),
     /// errc::path_not_a_socket (the path is something else; left untouched),
     /// ENAMETOOLONG, EACCES, ENOENT (missing directory).
     static io_result<basic_acceptor> listen(io_context& ctx, const endpoint& ep, listen_options opts = {}) {
@@ -324,13 +347,13 @@ public:
             bound.remove();
             return {ec, "listen"};
         }
-        return basic_acceptor(ctx, std::move(*fd), std::move(bound));
+        return basic_acceptor(ctx, std::move(*fd), std::move(bound), true);
     }
 
     /// Adopts a descriptor that is already listening with this socket type (e.g. from
     /// socket activation). Its socket file is never removed by this acceptor.
     static basic_acceptor adopt(io_context& ctx, unique_fd listening) {
-        return basic_acceptor(ctx, std::move(listening), {});
+        return basic_acceptor(ctx, std::move(listening), {}, false);
     }
 
     /// Waits for the next connection. co_await yields io_result<Socket>.
@@ -365,9 +388,9 @@ public:
     io_result<endpoint> local_endpoint() const { return ringsock::local_endpoint(fd_.get()); }
 
 private:
-    basic_acceptor(io_context& ctx, unique_fd fd, detail::bound_path bound)
+    basic_acceptor(io_context& ctx, unique_fd fd, detail::bound_path bound, bool flags_ours)
         : ctx_(&ctx), fd_(std::move(fd)),
-          engine_(std::make_unique<detail::accept_engine>(ctx, fd_.get())), bound_(std::move(bound)) {}
+          engine_(std::make_unique<detail::accept_engine>(ctx, fd_.get(), flags_ours)), bound_(std::move(bound)) {}
 
     io_context* ctx_ = nullptr;
     unique_fd fd_;
