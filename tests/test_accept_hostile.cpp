@@ -106,6 +106,24 @@ std::chrono::microseconds cpu_time() {
            std::chrono::microseconds(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
 }
 
+
+// An accept() that finds the backlog empty, so the multishot request is armed, answered
+// by a client (id `id`, kept in `clients`) that connects `delay` later.
+io_result<stream_socket> accept_armed(io_context& ctx, acceptor& acc, const endpoint& ep,
+                                      std::vector<unique_fd>& clients, std::uint32_t id,
+                                      std::chrono::milliseconds delay, std::chrono::seconds limit) {
+    auto connect_soon = [&]() -> task<void> {
+        (void)co_await ringsock::sleep_for(ctx, delay);
+        clients.push_back(connect_with_id(ep, id));
+    };
+    auto accept_one = [&]() -> task<io_result<stream_socket>> { co_return co_await acc.accept(limit); };
+    return ctx.sync_wait([&]() -> task<io_result<stream_socket>> {
+        auto [s, ignored] = co_await ringsock::when_all(accept_one(), connect_soon());
+        (void)ignored;
+        co_return std::move(s);
+    }());
+}
+
 }  // namespace
 
 TEST_CASE("accept hostile: out of descriptors, accept() fails EMFILE naming accept (direct and through the ring), "
@@ -218,16 +236,7 @@ TEST_CASE("accept hostile: a direct hit that cancels the armed multishot request
         std::vector<unique_fd> clients;
         std::uint32_t next_id = 0;
         // Arm the multishot request: an accept that finds nothing, then a client.
-        auto connect_soon = [&]() -> task<void> {
-            (void)co_await ringsock::sleep_for(ctx, 1ms);
-            clients.push_back(connect_with_id(ep, next_id++));
-        };
-        auto accept_one = [&]() -> task<io_result<stream_socket>> { co_return co_await acc->accept(5s); };
-        auto first = ctx.sync_wait([&]() -> task<io_result<stream_socket>> {
-            auto [s, ignored] = co_await ringsock::when_all(accept_one(), connect_soon());
-            (void)ignored;
-            co_return std::move(s);
-        }());
+        auto first = accept_armed(ctx, *acc, ep, clients, next_id++, 1ms, 5s);
         REQUIRE(first);
         CHECK(read_id(first->native_handle()) == 0);
         // That accept's miss made the next one skip the direct attempt: spend it on an
@@ -270,16 +279,7 @@ TEST_CASE("accept hostile: close() or destruction right after a direct hit cance
         {
             auto acc = acceptor::listen(ctx, ep);
             REQUIRE(acc);
-            auto connect_soon = [&]() -> task<void> {
-                (void)co_await ringsock::sleep_for(ctx, 1ms);
-                clients.push_back(connect_with_id(ep, 0));
-            };
-            auto accept_one = [&]() -> task<io_result<stream_socket>> { co_return co_await acc->accept(5s); };
-            auto first = ctx.sync_wait([&]() -> task<io_result<stream_socket>> {
-                auto [s, ignored] = co_await ringsock::when_all(accept_one(), connect_soon());
-                (void)ignored;
-                co_return std::move(s);
-            }());
+            auto first = accept_armed(ctx, *acc, ep, clients, 0, 1ms, 5s);
             REQUIRE(first);
             auto skip = ctx.sync_wait([&]() -> task<io_result<stream_socket>> { co_return co_await acc->accept(1ms); }());
             REQUIRE_FALSE(skip);
@@ -668,16 +668,7 @@ TEST_CASE("accept hostile: sockets accepted directly and through the ring have t
     clients.push_back(connect_with_id(ep, 0));
     auto direct = ctx.sync_wait([&]() -> task<io_result<stream_socket>> { co_return co_await acc->accept(2s); }());
     REQUIRE(direct);
-    auto connect_soon = [&]() -> task<void> {
-        (void)co_await ringsock::sleep_for(ctx, 2ms);
-        clients.push_back(connect_with_id(ep, 1));
-    };
-    auto accept_one = [&]() -> task<io_result<stream_socket>> { co_return co_await acc->accept(2s); };
-    auto ringed = ctx.sync_wait([&]() -> task<io_result<stream_socket>> {
-        auto [s, ignored] = co_await ringsock::when_all(accept_one(), connect_soon());
-        (void)ignored;
-        co_return std::move(s);
-    }());
+    auto ringed = accept_armed(ctx, *acc, ep, clients, 1, 2ms, 2s);
     REQUIRE(ringed);
     for (int fd : {direct->native_handle(), ringed->native_handle()}) {
         CHECK((::fcntl(fd, F_GETFD) & FD_CLOEXEC) != 0);
@@ -702,18 +693,9 @@ TEST_CASE("accept hostile: without DEFER_TASKRUN, a direct accept never takes a 
         auto acc = acceptor::listen(ctx, ep);  // fresh: its direct attempts start eager
         REQUIRE(acc);
         std::vector<unique_fd> clients;
-        auto connect_soon = [&]() -> task<void> {
-            (void)co_await ringsock::sleep_for(ctx, 1ms);
-            clients.push_back(connect_with_id(ep, 0));
-        };
-        auto accept_one = [&]() -> task<io_result<stream_socket>> { co_return co_await acc->accept(2s); };
         // Armed and idle: an accept answered by a client, then an accept that spends the
         // skip its miss caused and times out.
-        auto first = ctx.sync_wait([&]() -> task<io_result<stream_socket>> {
-            auto [s, ignored] = co_await ringsock::when_all(accept_one(), connect_soon());
-            (void)ignored;
-            co_return std::move(s);
-        }());
+        auto first = accept_armed(ctx, *acc, ep, clients, 0, 1ms, 2s);
         REQUIRE(first);
         auto skip = ctx.sync_wait([&]() -> task<io_result<stream_socket>> { co_return co_await acc->accept(1ms); }());
         REQUIRE_FALSE(skip);

@@ -1277,6 +1277,29 @@ TEST_CASE("ring_reader: a datagram peer going away is reported once; later recei
     CHECK(ring.lent() == 0);
 }
 
+namespace {
+
+// A thread sending pattern(0..total) to `wfd` in random chunks of 1..30 bytes, pausing
+// up to `max_pause_us` before one chunk in `pause_one_in`, then shutting down its side.
+std::thread trickle_writer(int wfd, std::size_t total, unsigned seed, unsigned pause_one_in, unsigned max_pause_us) {
+    return std::thread([=] {
+        std::mt19937 rng(seed);
+        std::string all;
+        for (std::size_t i = 0; i < total; ++i) all.push_back(pattern(i));
+        std::size_t off = 0;
+        while (off < total) {
+            std::size_t n = std::min<std::size_t>(1 + rng() % 30, total - off);
+            auto w = ::send(wfd, all.data() + off, n, MSG_NOSIGNAL);
+            if (w <= 0) return;
+            off += static_cast<std::size_t>(w);
+            if (rng() % pause_one_in == 0) std::this_thread::sleep_for(std::chrono::microseconds(rng() % max_pause_us));
+        }
+        ::shutdown(wfd, SHUT_WR);
+    });
+}
+
+}  // namespace
+
 TEST_CASE("ring_reader: time limits expiring as data arrives lose no byte and reorder nothing", "[ring_reader_hostile]") {
     fd_leak_guard guard;
     io_context ctx;
@@ -1286,20 +1309,7 @@ TEST_CASE("ring_reader: time limits expiring as data arrives lose no byte and re
     auto& b = pab.second;
     constexpr std::size_t total = 40'000;
     const int wfd = b.native_handle();
-    std::thread writer([wfd] {
-        std::mt19937 rng(11);
-        std::string all;
-        for (std::size_t i = 0; i < total; ++i) all.push_back(pattern(i));
-        std::size_t off = 0;
-        while (off < total) {
-            std::size_t n = std::min<std::size_t>(1 + rng() % 30, total - off);
-            auto w = ::send(wfd, all.data() + off, n, MSG_NOSIGNAL);
-            if (w <= 0) return;
-            off += static_cast<std::size_t>(w);
-            if (rng() % 4 == 0) std::this_thread::sleep_for(std::chrono::microseconds(rng() % 300));
-        }
-        ::shutdown(wfd, SHUT_WR);
-    });
+    std::thread writer = trickle_writer(wfd, total, 11, 4, 300);
     ring_reader reader(a, ring);
     std::size_t got = 0;
     bool in_order = true;
@@ -1383,20 +1393,7 @@ TEST_CASE("ring_reader: eight coroutines receiving with random time limits see t
     auto& b = pab.second;
     constexpr std::size_t total = 30'000;
     const int wfd = b.native_handle();
-    std::thread writer([wfd] {
-        std::mt19937 rng(17);
-        std::string all;
-        for (std::size_t i = 0; i < total; ++i) all.push_back(pattern(i));
-        std::size_t off = 0;
-        while (off < total) {
-            std::size_t n = std::min<std::size_t>(1 + rng() % 30, total - off);
-            auto w = ::send(wfd, all.data() + off, n, MSG_NOSIGNAL);
-            if (w <= 0) return;
-            off += static_cast<std::size_t>(w);
-            if (rng() % 3 == 0) std::this_thread::sleep_for(std::chrono::microseconds(rng() % 200));
-        }
-        ::shutdown(wfd, SHUT_WR);
-    });
+    std::thread writer = trickle_writer(wfd, total, 17, 3, 200);
     ring_reader reader(a, ring);
     std::string got;
     bool eof = false;
@@ -1442,20 +1439,7 @@ TEST_CASE("ring_reader: stop requests from another thread racing data lose no by
     std::vector<std::stop_source> sources(nsources);
     const int wfd = b.native_handle();
     std::atomic<bool> done{false};
-    std::thread writer([wfd] {
-        std::mt19937 rng(5);
-        std::string all;
-        for (std::size_t i = 0; i < total; ++i) all.push_back(pattern(i));
-        std::size_t off = 0;
-        while (off < total) {
-            std::size_t n = std::min<std::size_t>(1 + rng() % 30, total - off);
-            auto w = ::send(wfd, all.data() + off, n, MSG_NOSIGNAL);
-            if (w <= 0) return;
-            off += static_cast<std::size_t>(w);
-            if (rng() % 4 == 0) std::this_thread::sleep_for(std::chrono::microseconds(rng() % 200));
-        }
-        ::shutdown(wfd, SHUT_WR);
-    });
+    std::thread writer = trickle_writer(wfd, total, 5, 4, 200);
     std::thread stopper([&sources, &done] {
         std::mt19937 rng(9);
         for (auto& s : sources) {
