@@ -59,7 +59,8 @@ public:
         : ctx_(&sock.bound_context()),
           engine_(std::make_unique<detail::receive_engine>(sock.bound_context(), sock.fd_.get(), &sock.state_,
                                                            ring.core_, !std::is_base_of_v<stream_socket, Socket>)) {}
-    ring_reader(ring_reader&&) noexcept = default;
+    /// Takes over `o`'s reading; `o` is left empty (its receive() answers EBADF).
+    ring_reader(ring_reader&& o) noexcept = default;
     /// Destroys this reader first (see the class comment), then takes over `o`'s. So
     /// `reader = ring_reader(sock, ring)` works for the socket `reader` was reading: the
     /// new reader, made while the old one still held the socket, takes it over.
