@@ -230,6 +230,7 @@ TEST_CASE("registered files: message sockets register too and their peers see th
     auto p = ringsock::seqpacket_socket::pair(ctx);
     REQUIRE(p);
     auto run = [&]() -> task<void> {
+        // Both ways: each end receives on the ring (a lone send may go direct).
         std::array<char, 8> buf{};
         for (int i = 0; i < 3; ++i) {
             auto s = co_await p->first.send(std::string_view("msg"));
@@ -237,6 +238,11 @@ TEST_CASE("registered files: message sockets register too and their peers see th
             auto r = co_await p->second.receive_bytes(buf);
             REQUIRE(r);
             CHECK(*r == 3);
+            auto s2 = co_await p->second.send(std::string_view("answer"));
+            REQUIRE(s2);
+            auto r2 = co_await p->first.receive_bytes(buf);
+            REQUIRE(r2);
+            CHECK(*r2 == 6);
         }
     };
     ctx.sync_wait(run());

@@ -231,6 +231,7 @@ protected:
     /// Speculative I/O (speculation.hpp): whether one direct non-blocking syscall is
     /// worth trying instead of a ring round; then report how it went.
     bool may_try_now(bool sends) noexcept;
+    bool at_speculative_point(socket_state& st, bool sends) noexcept;
     bool may_try_now_in_run(bool sends) noexcept;
     /// Takes a direct attempt's result `r` (a syscall's return, errno set on -1) into
     /// res_. False when it would have blocked: the operation goes to the ring instead.

@@ -90,11 +90,17 @@ inline void operation::settle_slow() noexcept {
 
 inline bool operation::may_try_now(bool sends) noexcept {
     socket_state* st = sock_;
-    // Only a run of operations in one direction (a writer or reader loop) gains: a send
-    // followed by a receive needs the enter anyway, and rides it for free. And only when
-    // this operation would be alone in the next enter, and nothing is queued before it.
-    if (!st || !st->same_direction_as_last(sends)) return false;
-    return may_try_now_in_run(sends);
+    return st && at_speculative_point(*st, sends) && may_try_now_in_run(sends);
+}
+
+inline bool operation::at_speculative_point(socket_state& st, bool sends) noexcept {
+    // A run in one direction (a writer or reader loop): the last attempt's luck holds.
+    if (st.same_direction_as_last(sends)) return true;
+    // A send after a receive (a response, the next request) is not in a run, but when
+    // nothing else would go into the next enter, the ring would cost it a round of its
+    // own: an enter, a CQE and a resume before the receive that follows can even be
+    // prepared. A receive after a send stays on the ring: its data is rarely there yet.
+    return sends && ctx_->alone_in_next_enter();
 }
 
 inline bool operation::may_try_now_in_run(bool sends) noexcept {

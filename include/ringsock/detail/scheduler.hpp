@@ -166,6 +166,9 @@ public:
     /// True when no other coroutine is queued to run before the next enter, so an
     /// operation started now would be alone in it (speculative I/O pays then).
     bool idle_after_current() const noexcept { return ready_.empty(); }
+    /// Stricter: nor would the next enter submit anything. A request prepared now would
+    /// be alone in that enter, paying a whole ring round on its own.
+    bool alone_in_next_enter() noexcept { return ready_.empty() && sub_.nothing_to_submit(); }
     void unready(resumable* r) noexcept { ready_.unready(r); }
     void add_work() noexcept { ready_.add_work(); }
     void record_detached_exception(std::exception_ptr e) noexcept {

@@ -231,6 +231,8 @@ public:
     /// the same way. Every operation cancelled while in flight stays on this list until
     /// its completion, and the loop repeats its cancel every few milliseconds.
     bool has_retries() const noexcept { return !retries_.empty(); }
+    /// True when the next enter would submit nothing: no SQE prepared, none queued.
+    bool nothing_to_submit() noexcept { return late_.empty() && pending_.empty() && ring_.sq_ready() == 0; }
     void retry_cancels() noexcept {
         for (operation* op = retries_.front(); op;) {
             operation* following = retry_list::next(op);

@@ -160,8 +160,7 @@ private:
     /// costs less than a ring round (SQE, enter, CQE, resume). EAGAIN falls back to the
     /// ring; a direction whose attempts keep failing backs off (speculation.hpp).
     [[gnu::always_inline]] bool try_now() noexcept {
-        if (!socket()->same_direction_as_last(is_send())) return false;
-        return try_now_in_run();
+        return at_speculative_point(*socket(), is_send()) && try_now_in_run();
     }
     bool try_now_in_run() noexcept {
         if (!may_try_now_in_run(is_send())) return false;
