@@ -20,30 +20,22 @@
 #include <string_view>
 #include <vector>
 
+#include "support/cancel_support.hpp"
 #include "support/fd_count.hpp"
+#include "support/submission_count.hpp"
 
 namespace {
 
+// Tests name each pair and bind references to its halves: clang 14 cannot capture
+// structured bindings in lambdas.
+using ringsock::test::make_pair;
+using ringsock::test::settled_sq_tail;
+using ringsock::test::sq_tail;
 using namespace std::chrono_literals;
 using ringsock::datagram_socket;
 using ringsock::io_context;
 using ringsock::stream_socket;
 using ringsock::task;
-
-/// SQEs this context has handed to the kernel so far (the SQ tail only grows).
-unsigned sq_tail(io_context& ctx) { return *ctx.native_handle()->sq.ktail; }
-// The SQ tail once what the context prepared when it was made (its wake-up request)
-// has been handed to the kernel: what follows is the code under test's.
-unsigned settled_sq_tail(io_context& ctx) {
-    REQUIRE(io_uring_submit(ctx.native_handle()) >= 0);
-    return sq_tail(ctx);
-}
-
-std::pair<stream_socket, stream_socket> pair(io_context& ctx) {
-    auto p = stream_socket::pair(ctx);
-    REQUIRE(p);
-    return std::move(*p);
-}
 
 }  // namespace
 
@@ -51,7 +43,9 @@ TEST_CASE("speculation: a writer loop's sends bypass the ring once it is a run",
     const auto fds = ringsock::test::open_fd_count();
     {
         io_context ctx;
-        auto [a, b] = pair(ctx);
+        auto a_b = make_pair(ctx);
+        auto& a = a_b.first;
+        auto& b = a_b.second;
         ctx.sync_wait([](stream_socket& a) -> task<void> {
             for (int i = 0; i < 3; ++i) {
                 auto r = co_await a.write_all(std::string_view("abcd"));
@@ -77,7 +71,9 @@ TEST_CASE("speculation: a writer loop's sends bypass the ring once it is a run",
 
 TEST_CASE("speculation: in a lone ping-pong each send goes direct and each receive to the ring", "[speculation]") {
     io_context ctx;
-    auto [a, b] = pair(ctx);
+    auto a_b = make_pair(ctx);
+    auto& a = a_b.first;
+    auto& b = a_b.second;
     const unsigned before = settled_sq_tail(ctx);
     ctx.sync_wait([](stream_socket& a, stream_socket& b) -> task<void> {
         std::array<char, 4> in{};
@@ -115,9 +111,15 @@ namespace {
 // (when `busy`) has queued a receive for the same enter. Returns the SQEs submitted.
 unsigned answer_after_read(bool busy) {
     io_context ctx;
-    auto [a, a_peer] = pair(ctx);
-    auto [c, c_peer] = pair(ctx);
-    auto [e, e_peer] = pair(ctx);
+    auto ap = make_pair(ctx);
+    auto cp = make_pair(ctx);
+    auto ep = make_pair(ctx);
+    auto& a = ap.first;
+    auto& a_peer = ap.second;
+    auto& c = cp.first;
+    auto& c_peer = cp.second;
+    auto& e = ep.first;
+    auto& e_peer = ep.second;
     REQUIRE(::send(a_peer.native_handle(), "req!", 4, 0) == 4);
     REQUIRE(::send(c_peer.native_handle(), "c...", 4, 0) == 4);
     REQUIRE(::send(e_peer.native_handle(), "e...", 4, 0) == 4);
@@ -165,7 +167,9 @@ TEST_CASE("speculation: a write_all larger than the socket buffer sends part dir
     const auto fds = ringsock::test::open_fd_count();
     {
         io_context ctx;
-        auto [a, b] = pair(ctx);
+        auto a_b = make_pair(ctx);
+        auto& a = a_b.first;
+        auto& b = a_b.second;
         int small = 4096;
         REQUIRE(::setsockopt(a.native_handle(), SOL_SOCKET, SO_SNDBUF, &small, sizeof small) == 0);
         std::vector<std::uint8_t> data(1 << 20);
@@ -198,7 +202,9 @@ TEST_CASE("speculation: a write_all larger than the socket buffer sends part dir
 TEST_CASE("speculation: a reader loop gets data that is already there, then waits on the ring for the rest",
           "[speculation]") {
     io_context ctx;
-    auto [a, b] = pair(ctx);
+    auto a_b = make_pair(ctx);
+    auto& a = a_b.first;
+    auto& b = a_b.second;
     ctx.sync_wait([](stream_socket& a, stream_socket& b) -> task<void> {
         std::array<char, 3> in{};
         REQUIRE(::send(a.native_handle(), "abcdef", 6, 0) == 6);
@@ -237,7 +243,9 @@ TEST_CASE("speculation: a reader loop gets data that is already there, then wait
 TEST_CASE("speculation: a direct attempt never overtakes an operation queued on the same direction",
           "[speculation]") {
     io_context ctx;
-    auto [a, b] = pair(ctx);
+    auto a_b = make_pair(ctx);
+    auto& a = a_b.first;
+    auto& b = a_b.second;
     int small = 4096;
     REQUIRE(::setsockopt(a.native_handle(), SOL_SOCKET, SO_SNDBUF, &small, sizeof small) == 0);
     std::vector<char> big(256 * 1024, 'B');
