@@ -2,13 +2,19 @@
 // unbound senders), connected use, socketpair, and the socket-file rules of bind().
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <array>
+#include <cerrno>
+#include <cstdint>
 #include <fstream>
+#include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <ringsock/ringsock.hpp>
 
@@ -322,4 +328,127 @@ TEST_CASE("datagram_socket: receive_bytes takes datagrams from unbound senders, 
     wr.reset();
     char c = 0;
     CHECK(::read(rd.get(), &c, 1) == 0);  // no copy of the write end survives anywhere
+}
+
+namespace {
+
+// A receiver bound to an abstract name with its queue filled (net.unix.max_dgram_qlen)
+// by a second socket; `queued` datagrams of 4 bytes each wait in it.
+struct full_receiver {
+    endpoint ep;
+    datagram_socket r;
+    int queued = 0;
+    full_receiver(io_context& ctx, const char* tag) : ep(unique_abstract(tag)) {
+        auto b = datagram_socket::bind(ctx, ep);
+        REQUIRE(b);
+        r = std::move(*b);
+        auto filler = datagram_socket::open(ctx);
+        REQUIRE(filler);
+        const std::uint32_t v = 0xf111e4;
+        while (::sendto(filler->native_handle(), &v, sizeof v, MSG_DONTWAIT, ep.data(), ep.size()) == 4) ++queued;
+        REQUIRE(errno == EAGAIN);
+        REQUIRE(queued > 0);
+    }
+    // Takes every datagram now queued; their lengths, in order.
+    std::vector<ssize_t> drain() {
+        std::vector<ssize_t> lengths;
+        std::uint32_t v = 0;
+        for (ssize_t n; (n = ::recv(r.native_handle(), &v, sizeof v, MSG_DONTWAIT)) >= 0;) lengths.push_back(n);
+        CHECK(errno == EAGAIN);
+        return lengths;
+    }
+};
+
+}  // namespace
+
+TEST_CASE("datagram_socket: a send connected one way to a full receiver waits for room and delivers the datagram and its descriptor whole",
+          "[datagram_socket]") {
+    const auto fds_before = ringsock::test::open_fd_count();
+    {
+        io_context ctx;
+        full_receiver full(ctx, "oneway");
+        auto s = datagram_socket::open(ctx);
+        REQUIRE(s);
+        REQUIRE(s->connect(full.ep));
+        int p[2];
+        REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
+        ringsock::unique_fd pipe_r(p[0]), pipe_w(p[1]);
+        ringsock::io_result<std::size_t> sent{0};
+        std::vector<std::size_t> lengths;
+        std::uint32_t last = 0;
+        std::size_t last_fds = 0;
+        auto sender = [&]() -> task<void> {
+            const std::uint32_t v = 42;
+            std::array<int, 1> fds{pipe_w.get()};
+            sent = co_await s->send_fds(std::as_bytes(std::span(&v, 1)), fds);
+        };
+        auto drainer = [&]() -> task<void> {
+            auto slept = co_await ringsock::sleep_for(ctx, 20ms);  // the send is waiting by now
+            REQUIRE(slept);
+            for (int i = 0; i <= full.queued; ++i) {
+                std::array<std::uint32_t, 1> m{};
+                auto got = co_await full.r.receive(std::as_writable_bytes(std::span(m)));
+                REQUIRE(got);
+                lengths.push_back(got->bytes);
+                last = m[0];
+                last_fds = got->fds.size();
+            }
+        };
+        ctx.sync_wait([&]() -> task<void> { (void)co_await ringsock::when_all(sender(), drainer()); }());
+        REQUIRE(sent);
+        CHECK(*sent == 4);
+        REQUIRE(lengths.size() == static_cast<std::size_t>(full.queued) + 1);
+        CHECK(lengths.back() == 4);  // never an empty datagram in its place
+        CHECK(last == 42);
+        CHECK(last_fds == 1);
+        CHECK(full.drain().empty());
+    }
+    CHECK(ringsock::test::open_fd_count() == fds_before);
+}
+
+TEST_CASE("datagram_socket: a send_to that times out waiting for a full receiver sends nothing, then or later",
+          "[datagram_socket]") {
+    io_context ctx;
+    full_receiver full(ctx, "timeout");
+    auto s = datagram_socket::open(ctx);
+    REQUIRE(s);
+    auto run = [&]() -> task<void> {
+        const std::uint32_t v = 42;
+        auto w = co_await s->send_to(std::as_bytes(std::span(&v, 1)), full.ep, 30ms);
+        REQUIRE_FALSE(w);
+        CHECK(w.error() == std::errc::timed_out);
+        CHECK(w.partial_value() == 0);
+        const auto lengths = full.drain();  // room now: a retry left behind would send
+        CHECK(lengths.size() == static_cast<std::size_t>(full.queued));
+        auto slept = co_await ringsock::sleep_for(ctx, 30ms);
+        REQUIRE(slept);
+    };
+    ctx.sync_wait(run());
+    CHECK(full.drain().empty());
+}
+
+TEST_CASE("datagram_socket: closing a socket whose send_to waits for a full receiver ends it with operation_canceled and sends nothing",
+          "[datagram_socket]") {
+    const auto fds_before = ringsock::test::open_fd_count();
+    {
+        io_context ctx;
+        full_receiver full(ctx, "close");
+        auto s = datagram_socket::open(ctx);
+        REQUIRE(s);
+        ringsock::io_result<std::size_t> sent{0};
+        auto sender = [&]() -> task<void> {
+            const std::uint32_t v = 42;
+            sent = co_await s->send_to(std::as_bytes(std::span(&v, 1)), full.ep);
+        };
+        auto closer = [&]() -> task<void> {
+            auto slept = co_await ringsock::sleep_for(ctx, 20ms);
+            REQUIRE(slept);
+            s->close();
+        };
+        ctx.sync_wait([&]() -> task<void> { (void)co_await ringsock::when_all(sender(), closer()); }());
+        REQUIRE_FALSE(sent);
+        CHECK(sent.error() == std::errc::operation_canceled);
+        CHECK(full.drain().size() == static_cast<std::size_t>(full.queued));
+    }
+    CHECK(ringsock::test::open_fd_count() == fds_before);
 }

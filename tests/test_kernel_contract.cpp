@@ -1303,3 +1303,38 @@ TEST_CASE("kernel: a dgram socketpair queues 278 64-byte datagrams before EAGAIN
     CHECK(send_cqe.res == -ECANCELED);
     CHECK(timeout_cqe.res == -ETIME);
 }
+
+TEST_CASE("kernel: an io_uring sendmsg of a datagram to a full receiver that is not connected back sends an empty datagram and reports 0",
+          "[kernel_contract]") {
+    // The kernel copies the payload before it finds the receiver's queue full
+    // (net.unix.max_dgram_qlen) and fails with EAGAIN; io_uring's retry once there is
+    // room then has nothing left to send. Why datagram_socket sends only by syscall.
+    Ring r;
+    const UnixAddr addr = abstract_addr("fulldgram");
+    Fd receiver = make_socket(SOCK_DGRAM);
+    REQUIRE(::bind(receiver.get(), addr.sa(), addr.len) == 0);
+    Fd sender = make_socket(SOCK_DGRAM);
+    const std::uint32_t filler = 7;
+    int queued = 0;
+    while (::sendto(sender.get(), &filler, sizeof filler, MSG_DONTWAIT, addr.sa(), addr.len) == 4) ++queued;
+    REQUIRE(errno == EAGAIN);
+    REQUIRE(queued > 0);
+
+    std::uint32_t value = 42;
+    iovec iov{&value, sizeof value};
+    msghdr msg{};
+    msg.msg_name = const_cast<sockaddr*>(addr.sa());
+    msg.msg_namelen = addr.len;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    io_uring_prep_sendmsg(r.sqe(1), sender.get(), &msg, MSG_NOSIGNAL);
+    REQUIRE(r.submit() == 1);
+    std::uint32_t got = 0;
+    for (int i = 0; i < queued; ++i) REQUIRE(::recv(receiver.get(), &got, sizeof got, 0) == 4);
+    const Completion c = r.wait_one();
+    CHECK(c.res == 0);  // "sent", 0 of 4 bytes
+    got = 0;
+    CHECK(::recv(receiver.get(), &got, sizeof got, MSG_DONTWAIT) == 0);  // an empty datagram
+    CHECK(::recv(receiver.get(), &got, sizeof got, MSG_DONTWAIT) == -1);  // and nothing else
+    CHECK(errno == EAGAIN);
+}

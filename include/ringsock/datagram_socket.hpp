@@ -98,7 +98,24 @@ public:
         return {};
     }
 
-    /// Sends one datagram to `to`. Errors: ECONNREFUSED (nobody bound there, or not a
+    /// Sends `buf` as one datagram to the connected peer. co_await yields
+    /// io_result<std::size_t> (all of it). A full receiver makes it wait, never EAGAIN
+    /// and never a lost or emptied datagram: the datagram is only ever sent by a direct
+    /// syscall (see detail::send_msg_op for the kernel behaviour this avoids). Errors:
+    /// EMSGSIZE, ECONNREFUSED (the peer went away), ENOTCONN (no peer).
+    template <readable_bytes B>
+    [[nodiscard]] auto send(const B& buf, op_limits lim = {}) {
+        return send_fds(buf, borrowed_fds{}, lim);
+    }
+    /// send() with `fds` attached (they stay ours). An empty datagram may carry
+    /// descriptors. Errors (nothing sent): errc::too_many_fds (over 253), EBADF.
+    template <readable_bytes B>
+    [[nodiscard]] auto send_fds(const B& buf, borrowed_fds fds, op_limits lim = {}) {
+        return detail::send_msg_op(bound_context(), fd_.get(), &state_, as_bytes(buf), fds, nullptr,
+                                   detail::send_msg_op::kind::datagram, "send", lim);
+    }
+
+    /// Sends one datagram to `to`, waiting for room as send() does. Errors: ECONNREFUSED (nobody bound there, or not a
     /// datagram socket), ENOENT, EACCES, EMSGSIZE.
     template <readable_bytes B>
     [[nodiscard]] auto send_to(const B& buf, const endpoint& to, op_limits lim = {}) {
@@ -108,7 +125,7 @@ public:
     template <readable_bytes B>
     [[nodiscard]] auto send_fds_to(const B& buf, borrowed_fds fds, const endpoint& to, op_limits lim = {}) {
         return detail::send_msg_op(bound_context(), fd_.get(), &state_, as_bytes(buf), fds, &to,
-                                   detail::send_msg_op::kind::message, "send_to", lim);
+                                   detail::send_msg_op::kind::datagram, "send_to", lim);
     }
 
     /// receive() that also reports the sender's address in received_message::sender:

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <liburing.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
@@ -29,9 +30,20 @@ namespace ringsock::detail {
 /// IORING_OP_SENDMSG (always MSG_NOSIGNAL) with an optional SCM_RIGHTS message and an
 /// optional destination. `stream`: sends the whole buffer, looping over short sends,
 /// with the descriptors attached to the first chunk. `message`: one message, whole.
+/// `datagram`: one message on a datagram socket, only ever sent by a direct
+/// non-blocking sendmsg(2); the ring just waits for room.
+///
+/// KERNEL: an io_uring SEND/SENDMSG of a datagram that finds the receiver's queue full
+/// (a receiver not connected back to this socket: send_to, or a one-way connect()) has
+/// already copied the payload when it sees EAGAIN; its retry then sends an EMPTY
+/// datagram and reports 0 (Linux 6.18, also with IOSQE_ASYNC or POLL_FIRST;
+/// test_kernel_contract.cpp). The wait is a POLL_ADD(POLLOUT) first (a connected
+/// socket's poll watches its peer's queue), then, if the syscall still finds no room, a
+/// TIMEOUT backing off from 50 us to 5 ms (a socket's poll cannot see the queue of a
+/// send_to's receiver).
 class send_msg_op final : public operation {
 public:
-    enum class kind : unsigned char { stream, message };
+    enum class kind : unsigned char { stream, message, datagram };
 
     send_msg_op(io_context& ctx, int fd, socket_state* st, std::span<const std::byte> data, const borrowed_fds& fds,
                 const endpoint* dest, kind k, const char* what, const op_limits& lim) noexcept
@@ -74,11 +86,21 @@ public:
             return true;
         }
         if (operation::await_ready()) return true;
+        if (kind_ == kind::datagram) return send_datagram_now();
         return try_now();
     }
     void await_suspend(std::coroutine_handle<> h) { suspend_direct<send_msg_op>(h); }
 
     void prepare(io_uring_sqe* sqe) noexcept override {
+        if (kind_ == kind::datagram) {
+            if (backoff_ns_ == 0) {
+                io_uring_prep_poll_add(sqe, fd_, POLLOUT);
+            } else {
+                wait_ = __kernel_timespec{0, backoff_ns_};
+                io_uring_prep_timeout(sqe, &wait_, 0, 0);
+            }
+            return;
+        }
         if (plain()) {
             // Nothing but bytes: a plain SEND is the same request, without the msghdr
             // copy-in SENDMSG costs the kernel on every call.
@@ -90,6 +112,7 @@ public:
     }
 
     bool on_complete() noexcept override {
+        if (kind_ == kind::datagram) return datagram_wait_done();
         if (kind_ == kind::message) return true;
         if (tally_.add(res_, *this)) {
             ctx_->submit(this);
@@ -101,7 +124,7 @@ public:
     io_result<std::size_t> await_resume() noexcept {
         finish_wait();
         if (early_) return {0, early_, what_};
-        if (kind_ == kind::message) {
+        if (kind_ != kind::stream) {
             if (res_ >= 0) return static_cast<std::size_t>(res_);
             return {0, result_error(), what_};
         }
@@ -127,6 +150,44 @@ private:
             msg_.msg_namelen = dest_.size();
         }
     }
+    /// A datagram's first attempt, unless a send queued before it still holds the
+    /// direction (it then tries when its wait, prepared on its turn, ends).
+    bool send_datagram_now() noexcept {
+        socket()->same_direction_as_last(true);  // keeps the receive side's run tracking true
+        if (gate_->busy || socket()->closed || !attempt_datagram()) return false;
+        state_ = op_state::done;
+        return true;
+    }
+    /// One non-blocking sendmsg: true when the datagram went or failed for good (res_).
+    bool attempt_datagram() noexcept {
+        build_msg();
+        const ssize_t r = ::sendmsg(fd_, &msg_, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (r >= 0) {
+            res_ = static_cast<int>(r);
+            return true;
+        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return false;
+        res_ = -errno;
+        return true;
+    }
+    /// A wait for room ended (poll fired, timer expired, or cut short): try again.
+    bool datagram_wait_done() noexcept {
+        if (interrupted() || socket_gone()) {
+            res_ = -ECANCELED;
+            return true;
+        }
+        if (res_ < 0 && res_ != -ETIME) return true;  // the poll failed: the send ends with it
+        if (attempt_datagram()) return true;
+        // Still no room though the poll said so (a send_to's receiver, or another sender
+        // was quicker): wait on a timer, longer each time.
+        backoff_ns_ = backoff_ns_ == 0 ? first_backoff_ns : std::min(backoff_ns_ * 2, max_backoff_ns);
+        sqe_without_file_ = true;  // a TIMEOUT names no file (see lent_receive_op)
+        ctx_->submit(this);
+        return false;
+    }
+    static constexpr long long first_backoff_ns = 50'000;
+    static constexpr long long max_backoff_ns = 5'000'000;
+
     /// Speculative I/O, as transfer_op::try_now.
     bool try_now() noexcept {
         if (!may_try_now(true)) return false;
@@ -156,6 +217,8 @@ private:
     endpoint dest_;
     iovec iov_{};
     msghdr msg_{};
+    long long backoff_ns_ = 0;  // a datagram's wait: 0 polls, else this long a TIMEOUT
+    __kernel_timespec wait_{};
 };
 
 /// IORING_OP_RECVMSG with MSG_CMSG_CLOEXEC and a control buffer for 253 descriptors
