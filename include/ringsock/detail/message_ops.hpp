@@ -160,8 +160,17 @@ private:
     }
     /// One non-blocking sendmsg: true when the datagram went or failed for good (res_).
     bool attempt_datagram() noexcept {
-        build_msg();
-        const ssize_t r = ::sendmsg(fd_, &msg_, MSG_DONTWAIT | MSG_NOSIGNAL);
+        constexpr int flags = MSG_DONTWAIT | MSG_NOSIGNAL;
+        ssize_t r;
+        // send and sendto spare the kernel the msghdr copy-in sendmsg costs.
+        if (rights_.size() != 0) {
+            build_msg();
+            r = ::sendmsg(fd_, &msg_, flags);
+        } else if (has_dest_) {
+            r = ::sendto(fd_, buf_, tally_.total, flags, dest_.data(), dest_.size());
+        } else {
+            r = ::send(fd_, buf_, tally_.total, flags);
+        }
         if (r >= 0) {
             res_ = static_cast<int>(r);
             return true;
