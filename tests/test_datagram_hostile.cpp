@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
@@ -1202,4 +1203,284 @@ TEST_CASE("datagram hostile: a send_to that waited in the timer backoff gets its
     };
     ctx.sync_wait(run());
     CHECK(delivered == 20);
+}
+
+// ---------------------------------------------------------------------------------------
+// The result tells the truth: success if and only if the datagram arrived
+// ---------------------------------------------------------------------------------------
+
+TEST_CASE("datagram hostile: a stop, close or deadline in the same turn the receiver makes room sends nothing and says so",
+          "[datagram][hostile]") {
+    hang_guard hang;
+    ringsock::test::fd_leak_guard guard;
+    io_context ctx;
+    full_receiver full(ctx, "same-turn");
+    for (int how = 0; how < 6; ++how) {
+        const bool connected = how % 2 == 1;
+        auto opened = datagram_socket::open(ctx);
+        REQUIRE(opened);
+        auto s = std::make_unique<datagram_socket>(std::move(*opened));
+        if (connected) REQUIRE(s->connect(full.ep));
+        std::stop_source src;
+        io_result<std::size_t> sent{0};
+        auto sender = [&]() -> task<void> {
+            const std::uint32_t v = 600u + static_cast<std::uint32_t>(how);
+            if (how / 2 == 2) {
+                if (connected) sent = co_await s->send(bytes_of(v), 25ms);
+                else sent = co_await s->send_to(bytes_of(v), full.ep, 25ms);
+            } else {
+                if (connected) sent = co_await s->send(bytes_of(v), src.get_token());
+                else sent = co_await s->send_to(bytes_of(v), full.ep, src.get_token());
+            }
+        };
+        auto actor = [&]() -> task<void> {
+            co_await pause(ctx, 24ms);
+            // Room, then at once (no turn between) the end of the wait.
+            full.expect_only_fillers(full.drain());
+            full.queued = 0;
+            if (how / 2 == 0) src.request_stop();
+            else if (how / 2 == 1) s->close();
+            else std::this_thread::sleep_for(3ms);  // the deadline passes before the next turn
+        };
+        auto body = [&]() -> task<void> { (void)co_await ringsock::when_all(sender(), actor()); };
+        ctx.sync_wait(body());
+        auto later = [&]() -> task<void> { co_await pause(ctx, 20ms); };
+        ctx.sync_wait(later());
+        const auto got = full.drain();
+        INFO("how " << how << " result " << (sent ? "ok" : sent.error().message()));
+        if (how / 2 == 2) {
+            // The deadline and the room race: either is fine, but the result must match.
+            CHECK(got.size() == (sent ? 1u : 0u));
+            if (!sent) CHECK(sent.error() == std::errc::timed_out);
+        } else {
+            REQUIRE_FALSE(sent);
+            CHECK(sent.error() == std::errc::operation_canceled);
+            CHECK(got.empty());
+        }
+        full.queued = full.fill();
+    }
+}
+
+TEST_CASE("datagram hostile: stops and room from other threads at varying moments: a send succeeds exactly when its datagram arrives",
+          "[datagram][hostile]") {
+    hang_guard hang(120);
+    ringsock::test::fd_leak_guard guard;
+    io_context ctx;
+    full_receiver full(ctx, "truth");
+    auto conn = datagram_socket::open(ctx);
+    REQUIRE(conn);
+    REQUIRE(conn->connect(full.ep));
+    auto unconn = datagram_socket::open(ctx);
+    REQUIRE(unconn);
+    const int rfd = full.r.native_handle();
+    int delivered_ok = 0, cancelled_ok = 0;
+    for (int round = 0; round < 60; ++round) {
+        std::stop_source src;
+        const auto stop_after = std::chrono::microseconds(100 + (round * 137) % 3000);
+        const auto room_after = std::chrono::microseconds(100 + (round * 251) % 3000);
+        std::thread stopper([&] {
+            std::this_thread::sleep_for(stop_after);
+            src.request_stop();
+        });
+        std::thread roomer([&] {
+            std::this_thread::sleep_for(room_after);
+            std::uint32_t x = 0;
+            (void)::recv(rfd, &x, sizeof x, MSG_DONTWAIT);  // one datagram of room
+        });
+        io_result<std::size_t> sent{0};
+        const std::uint32_t v = 700u + static_cast<std::uint32_t>(round);
+        auto sender = [&]() -> task<void> {
+            if (round % 2 == 1) sent = co_await conn->send(bytes_of(v), src.get_token());
+            else sent = co_await unconn->send_to(bytes_of(v), full.ep, src.get_token());
+        };
+        ctx.sync_wait(sender());
+        stopper.join();
+        roomer.join();
+        auto later = [&]() -> task<void> { co_await pause(ctx, 8ms); };
+        ctx.sync_wait(later());
+        const auto got = full.drain();
+        int ours = 0;
+        for (const auto& g : got) {
+            CHECK(g.len == 4);
+            if (g.value == v) ++ours;
+            else CHECK(g.value == filler_value);
+        }
+        INFO("round " << round);
+        if (sent) {
+            CHECK(*sent == 4);
+            CHECK(ours == 1);
+            ++delivered_ok;
+        } else {
+            CHECK(sent.error() == std::errc::operation_canceled);
+            CHECK(ours == 0);
+            ++cancelled_ok;
+        }
+        full.queued = 0;
+        full.fill();
+    }
+    CHECK(delivered_ok + cancelled_ok == 60);
+}
+
+TEST_CASE("datagram hostile: a send_to losing a when_any race to a timer is cancelled and sends nothing, then or later",
+          "[datagram][hostile]") {
+    hang_guard hang;
+    ringsock::test::fd_leak_guard guard;
+    io_context ctx;
+    full_receiver full(ctx, "when-any");
+    auto s = datagram_socket::open(ctx);
+    REQUIRE(s);
+    auto c = datagram_socket::open(ctx);
+    REQUIRE(c);
+    REQUIRE(c->connect(full.ep));
+    std::size_t winner = 99, winner2 = 99;
+    auto run = [&]() -> task<void> {
+        auto send = [&](std::stop_token st) -> task<bool> {
+            const std::uint32_t v = 801;
+            auto w = co_await s->send_to(bytes_of(v), full.ep, st);
+            co_return static_cast<bool>(w);
+        };
+        auto timer = [&](std::stop_token st) -> task<bool> {
+            auto t = co_await ringsock::sleep_for(ctx, 15ms, st);
+            co_return static_cast<bool>(t);
+        };
+        auto r = co_await ringsock::when_any([&](std::stop_token st) { return send(st); },
+                                             [&](std::stop_token st) { return timer(st); });
+        winner = r.index();
+        auto send2 = [&](std::stop_token st) -> task<bool> {
+            const std::uint32_t v = 802;
+            auto w = co_await c->send(bytes_of(v), st);
+            co_return static_cast<bool>(w);
+        };
+        auto r2 = co_await ringsock::when_any([&](std::stop_token st) { return send2(st); },
+                                              [&](std::stop_token st) { return timer(st); });
+        winner2 = r2.index();
+    };
+    ctx.sync_wait(run());
+    CHECK(winner == 1);
+    CHECK(winner2 == 1);
+    full.expect_only_fillers(full.drain());
+    auto later = [&]() -> task<void> { co_await pause(ctx, 30ms); };
+    ctx.sync_wait(later());
+    CHECK(full.drain().empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// Odd set-ups
+// ---------------------------------------------------------------------------------------
+
+TEST_CASE("datagram hostile: a bound socket send_to itself with its own queue full waits until its own receive makes room",
+          "[datagram][hostile]") {
+    hang_guard hang;
+    ringsock::test::fd_leak_guard guard;
+    io_context ctx;
+    full_receiver full(ctx, "self");
+    io_result<std::size_t> sent{0};
+    std::vector<std::uint32_t> got;
+    auto sender = [&]() -> task<void> {
+        const std::uint32_t v = 901;
+        sent = co_await full.r.send_to(bytes_of(v), full.ep, 10s);
+    };
+    auto receiver = [&]() -> task<void> {
+        co_await pause(ctx, 15ms);
+        for (int i = 0; i <= full.queued; ++i) {
+            std::array<std::uint32_t, 2> m{};
+            auto r = co_await full.r.receive(std::as_writable_bytes(std::span(m)), 10s);
+            REQUIRE(r);
+            CHECK(r->bytes == 4);
+            got.push_back(m[0]);
+        }
+    };
+    auto body = [&]() -> task<void> { (void)co_await ringsock::when_all(sender(), receiver()); };
+    ctx.sync_wait(body());
+    REQUIRE(sent);
+    REQUIRE(got.size() == static_cast<std::size_t>(full.queued) + 1);
+    CHECK(got.back() == 901);
+}
+
+TEST_CASE("datagram hostile: with a two-entry SQ, many waiting sends with deadlines and stops all end correctly",
+          "[datagram][hostile]") {
+    hang_guard hang;
+    ringsock::test::fd_leak_guard guard;
+    io_context::options opts;
+    opts.entries = 2;
+    io_context ctx(opts);
+    full_receiver full(ctx, "tiny-sq");
+    constexpr int senders = 30;
+    std::vector<datagram_socket> socks;
+    for (int i = 0; i < senders; ++i) {
+        auto s = datagram_socket::open(ctx);
+        REQUIRE(s);
+        if (i % 3 == 0) REQUIRE(s->connect(full.ep));
+        socks.push_back(std::move(*s));
+    }
+    std::stop_source src;
+    std::vector<io_result<std::size_t>> results(senders, io_result<std::size_t>{0});
+    auto one = [&](int i) -> task<void> {
+        const std::uint32_t v = 1100u + static_cast<std::uint32_t>(i);
+        auto& s = socks[static_cast<std::size_t>(i)];
+        ringsock::op_limits lim;
+        if (i % 4 == 0) lim = ringsock::op_limits(20ms);          // times out
+        else if (i % 4 == 1) lim = ringsock::op_limits(src.get_token());  // stopped
+        else lim = ringsock::op_limits(src.get_token(), 10s);      // stopped too
+        if (i % 3 == 0) results[static_cast<std::size_t>(i)] = co_await s.send(bytes_of(v), lim);
+        else results[static_cast<std::size_t>(i)] = co_await s.send_to(bytes_of(v), full.ep, lim);
+    };
+    auto stopper = [&]() -> task<void> {
+        co_await pause(ctx, 40ms);
+        src.request_stop();
+    };
+    auto body = [&]() -> task<void> {
+        ringsock::scope sc(ctx);
+        for (int i = 0; i < senders; ++i) sc.spawn(one(i));
+        sc.spawn(stopper());
+        co_await sc.join();
+    };
+    ctx.sync_wait(body());
+    for (int i = 0; i < senders; ++i) {
+        const auto& r = results[static_cast<std::size_t>(i)];
+        INFO("sender " << i);
+        REQUIRE_FALSE(r);
+        CHECK(r.error() == (i % 4 == 0 ? std::errc::timed_out : std::errc::operation_canceled));
+    }
+    full.expect_only_fillers(full.drain());
+    auto later = [&]() -> task<void> { co_await pause(ctx, 30ms); };
+    ctx.sync_wait(later());
+    CHECK(full.drain().empty());
+}
+
+TEST_CASE("datagram hostile: a context_pool destroyed while its tasks' sends wait frees the frames and sends nothing",
+          "[datagram][hostile]") {
+    hang_guard hang;
+    ringsock::test::fd_leak_guard guard;
+    io_context rctx;
+    full_receiver full(rctx, "pool");
+    std::atomic<int> waiting{0}, finished{0};
+    {
+        ringsock::context_pool pool(2);
+        for (std::size_t k = 0; k < 2; ++k) {
+            auto& ctx = pool[k];
+            const endpoint ep = full.ep;
+            for (int i = 0; i < 3; ++i) {
+                auto t = [](io_context& c, endpoint to, int idx, std::atomic<int>& w, std::atomic<int>& f) -> task<void> {
+                    auto s = datagram_socket::open(c);  // owned by the frame
+                    if (!s) co_return;
+                    if (idx % 2 == 1 && !s->connect(to)) co_return;
+                    const std::uint32_t v = 1200u + static_cast<std::uint32_t>(idx);
+                    w.fetch_add(1);
+                    auto r = idx % 2 == 1 ? co_await s->send(bytes_of(v)) : co_await s->send_to(bytes_of(v), to);
+                    (void)r;
+                    f.fetch_add(1);
+                };
+                ringsock::spawn_on(ctx, t(ctx, ep, i, waiting, finished));
+            }
+        }
+        for (int i = 0; i < 400 && waiting.load() < 6; ++i) std::this_thread::sleep_for(1ms);
+        std::this_thread::sleep_for(20ms);
+        CHECK(waiting.load() == 6);
+    }
+    CHECK(finished.load() == 0);
+    full.expect_only_fillers(full.drain());
+    auto later = [&]() -> task<void> { co_await pause(rctx, 30ms); };
+    rctx.sync_wait(later());
+    CHECK(full.drain().empty());
 }
