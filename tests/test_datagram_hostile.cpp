@@ -1484,3 +1484,46 @@ TEST_CASE("datagram hostile: a context_pool destroyed while its tasks' sends wai
     rctx.sync_wait(later());
     CHECK(full.drain().empty());
 }
+
+TEST_CASE("datagram hostile: a datagram pair whose peer closes while sends wait for room ends them with an error, no hang, no SIGPIPE",
+          "[datagram][hostile]") {
+    hang_guard hang;
+    sigpipe_kills pipe_kills;
+    ringsock::test::fd_leak_guard guard;
+    io_context ctx;
+    auto p = datagram_socket::pair(ctx);
+    REQUIRE(p);
+    auto a = std::make_unique<datagram_socket>(std::move(p->first));
+    auto b = std::make_unique<datagram_socket>(std::move(p->second));
+    int sent_ok = 0;
+    io_result<std::size_t> last{0}, queued_behind{0};
+    auto sender = [&]() -> task<void> {
+        std::array<std::byte, 512> m{};
+        for (;;) {
+            auto w = co_await a->send(m, 10s);
+            if (!w) {
+                last = w;
+                co_return;
+            }
+            ++sent_ok;
+        }
+    };
+    auto second = [&]() -> task<void> {
+        co_await pause(ctx, 5ms);  // queued behind the waiting send
+        const std::uint32_t v = 1;
+        queued_behind = co_await a->send(bytes_of(v), 10s);
+    };
+    auto closer = [&]() -> task<void> {
+        co_await pause(ctx, 20ms);
+        b.reset();
+    };
+    auto body = [&]() -> task<void> { (void)co_await ringsock::when_all(sender(), second(), closer()); };
+    ctx.sync_wait(body());
+    CHECK(sent_ok > 0);
+    REQUIRE_FALSE(last);
+    CHECK(last.error() == std::errc::connection_refused);
+    REQUIRE_FALSE(queued_behind);
+    // The kernel reports the dead peer once (ECONNREFUSED) and disconnects: later sends
+    // find no peer at all.
+    CHECK(queued_behind.error() == std::errc::not_connected);
+}
