@@ -19,12 +19,15 @@
 #include <ringsock/ringsock.hpp>
 
 #include "support/fd_count.hpp"
+#include "support/full_receiver.hpp"
+#include "support/submission_count.hpp"
 
 using namespace std::chrono_literals;
 using ringsock::datagram_socket;
 using ringsock::endpoint;
 using ringsock::io_context;
 using ringsock::task;
+using ringsock::test::full_receiver;
 
 namespace {
 
@@ -330,37 +333,6 @@ TEST_CASE("datagram_socket: receive_bytes takes datagrams from unbound senders, 
     CHECK(::read(rd.get(), &c, 1) == 0);  // no copy of the write end survives anywhere
 }
 
-namespace {
-
-// A receiver bound to an abstract name with its queue filled (net.unix.max_dgram_qlen)
-// by a second socket; `queued` datagrams of 4 bytes each wait in it.
-struct full_receiver {
-    endpoint ep;
-    datagram_socket r;
-    int queued = 0;
-    full_receiver(io_context& ctx, const char* tag) : ep(unique_abstract(tag)) {
-        auto b = datagram_socket::bind(ctx, ep);
-        REQUIRE(b);
-        r = std::move(*b);
-        auto filler = datagram_socket::open(ctx);
-        REQUIRE(filler);
-        const std::uint32_t v = 0xf111e4;
-        while (::sendto(filler->native_handle(), &v, sizeof v, MSG_DONTWAIT, ep.data(), ep.size()) == 4) ++queued;
-        REQUIRE(errno == EAGAIN);
-        REQUIRE(queued > 0);
-    }
-    // Takes every datagram now queued; their lengths, in order.
-    std::vector<ssize_t> drain() {
-        std::vector<ssize_t> lengths;
-        std::uint32_t v = 0;
-        for (ssize_t n; (n = ::recv(r.native_handle(), &v, sizeof v, MSG_DONTWAIT)) >= 0;) lengths.push_back(n);
-        CHECK(errno == EAGAIN);
-        return lengths;
-    }
-};
-
-}  // namespace
-
 TEST_CASE("datagram_socket: a send connected one way to a full receiver waits for room and delivers the datagram and its descriptor whole",
           "[datagram_socket]") {
     const auto fds_before = ringsock::test::open_fd_count();
@@ -451,4 +423,46 @@ TEST_CASE("datagram_socket: closing a socket whose send_to waits for a full rece
         CHECK(full.drain().size() == static_cast<std::size_t>(full.queued));
     }
     CHECK(ringsock::test::open_fd_count() == fds_before);
+}
+
+TEST_CASE("datagram_socket: a connected send that loses freed room to another sender waits on its poll again, not on timers",
+          "[datagram_socket]") {
+    io_context ctx;
+    full_receiver full(ctx, "lost-room");
+    auto s1 = datagram_socket::open(ctx);
+    auto s2 = datagram_socket::open(ctx);
+    REQUIRE(s1);
+    REQUIRE(s2);
+    REQUIRE(s1->connect(full.ep));
+    REQUIRE(s2->connect(full.ep));
+    ringsock::io_result<std::size_t> sent1{0}, sent2{0};
+    unsigned submitted = 0;
+    auto send1 = [&]() -> task<void> {
+        const std::uint32_t v = 1;
+        sent1 = co_await s1->send(std::as_bytes(std::span(&v, 1)));
+    };
+    auto send2 = [&]() -> task<void> {
+        const std::uint32_t v = 2;
+        sent2 = co_await s2->send(std::as_bytes(std::span(&v, 1)));
+    };
+    auto driver = [&]() -> task<void> {
+        auto slept = co_await ringsock::sleep_for(ctx, 20ms);  // both sends wait in their polls
+        REQUIRE(slept);
+        std::uint32_t v = 0;
+        REQUIRE(::recv(full.r.native_handle(), &v, sizeof v, MSG_DONTWAIT) == 4);  // room for one
+        // Both polls fire; one send takes the room, the other finds none. What the loser
+        // submits while the receiver stays full: one poll, or a timer every few ms.
+        const unsigned before = ringsock::test::settled_sq_tail(ctx);
+        auto slept2 = co_await ringsock::sleep_for(ctx, 100ms);
+        REQUIRE(slept2);
+        submitted = ringsock::test::sq_tail(ctx) - before;
+        CHECK(full.drain().size() == static_cast<std::size_t>(full.queued));  // room for the loser
+    };
+    ctx.sync_wait([&]() -> task<void> { (void)co_await ringsock::when_all(send1(), send2(), driver()); }());
+    CHECK(submitted <= 3);  // this sleep's timer and the loser's poll (a TIMEOUT backoff: ~25)
+    REQUIRE(sent1);
+    REQUIRE(sent2);
+    const auto rest = full.drain();
+    REQUIRE(rest.size() == 1);  // one went into the room, the other after the drain
+    CHECK(rest[0].len == 4);
 }

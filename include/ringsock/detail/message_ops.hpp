@@ -37,10 +37,10 @@ namespace ringsock::detail {
 /// (a receiver not connected back to this socket: send_to, or a one-way connect()) has
 /// already copied the payload when it sees EAGAIN; its retry then sends an EMPTY
 /// datagram and reports 0 (Linux 6.18, also with IOSQE_ASYNC or POLL_FIRST;
-/// test_kernel_contract.cpp). The wait is a POLL_ADD(POLLOUT) first (a connected
-/// socket's poll watches its peer's queue), then, if the syscall still finds no room, a
-/// TIMEOUT backing off from 50 us to 5 ms (a socket's poll cannot see the queue of a
-/// send_to's receiver).
+/// test_kernel_contract.cpp). The wait is a POLL_ADD(POLLOUT) (a connected socket's
+/// poll watches its peer's queue); a send_to whose syscall still finds no room then
+/// waits on TIMEOUTs backing off from 50 us to 5 ms (a socket's poll cannot see the
+/// queue of a send_to's receiver).
 class send_msg_op final : public operation {
 public:
     enum class kind : unsigned char { stream, message, datagram };
@@ -74,6 +74,9 @@ public:
             dest_ = *dest;
             has_dest_ = true;
         }
+        // One message is one request: past what one request carries it could only go
+        // out cut short.
+        if (k != kind::stream && tally_.total > max_chunk) early_ = std::make_error_code(std::errc::message_size);
     }
 
     // TRICKY: the kernel reads msg_, iov_, rights_ and dest_: settle before they go.
@@ -187,15 +190,23 @@ private:
         }
         if (res_ < 0 && res_ != -ETIME) return true;  // the poll failed: the send ends with it
         if (attempt_datagram()) return true;
-        // Still no room though the poll said so (a send_to's receiver, or another sender
-        // was quicker): wait on a timer, longer each time.
-        backoff_ns_ = backoff_ns_ == 0 ? first_backoff_ns : std::min(backoff_ns_ * 2, max_backoff_ns);
-        sqe_without_file_ = true;  // a TIMEOUT names no file (see lent_receive_op)
+        // Still no room though the poll said so. A connected socket's poll sees its
+        // peer's queue, so another sender took the room: poll again (a bounded number of
+        // times, in case a poll keeps promising room the send cannot get). A send_to's
+        // receiver is invisible to poll: wait on a timer, longer each time.
+        if (!has_dest_ && ++lost_polls_ < max_lost_polls) {
+            backoff_ns_ = 0;
+            sqe_without_file_ = false;
+        } else {
+            backoff_ns_ = backoff_ns_ == 0 ? first_backoff_ns : std::min(backoff_ns_ * 2, max_backoff_ns);
+            sqe_without_file_ = true;  // a TIMEOUT names no file (see lent_receive_op)
+        }
         ctx_->submit(this);
         return false;
     }
     static constexpr long long first_backoff_ns = 50'000;
     static constexpr long long max_backoff_ns = 5'000'000;
+    static constexpr unsigned max_lost_polls = 64;
 
     /// Speculative I/O, as transfer_op::try_now.
     bool try_now() noexcept {
@@ -227,6 +238,7 @@ private:
     iovec iov_{};
     msghdr msg_{};
     long long backoff_ns_ = 0;  // a datagram's wait: 0 polls, else this long a TIMEOUT
+    unsigned lost_polls_ = 0;   // polls that promised room a datagram then did not get
     __kernel_timespec wait_{};
 };
 
