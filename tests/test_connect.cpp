@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "support/fd_count.hpp"
+#include "support/submission_count.hpp"
 
 namespace {
 
@@ -211,6 +212,7 @@ TEST_CASE("connect: a blocked connect completes once the server accepts", "[conn
         }
         while (!done) (void)co_await ringsock::sleep_for(ctx, 1ms);
         REQUIRE_OK(c);
+        CHECK((::fcntl(c->native_handle(), F_GETFL) & O_NONBLOCK) == 0);
         auto w = co_await c->write_all(ringsock::as_bytes(std::string_view("late")));
         REQUIRE_OK(w);
         std::string buf(4, '\0');
@@ -271,4 +273,68 @@ TEST_CASE("connect: connecting to a path succeeds with and without a time limit"
             REQUIRE_OK(s);
         }
     }());
+}
+
+TEST_CASE("connect: a connect to a listener with room completes without a ring request and yields a blocking socket",
+          "[connect]") {
+    const auto fds_before = ringsock::test::open_fd_count();
+    {
+        io_context ctx;
+        auto ep = abstract_ep("direct");
+        auto acc = acceptor::listen(ctx, ep);
+        REQUIRE(acc);
+        const unsigned before = ringsock::test::settled_sq_tail(ctx);
+        io_result<stream_socket> c;
+        unsigned submitted = 0;
+        auto client = [&]() -> task<void> {
+            c = co_await stream_socket::connect(ctx, ep);
+            submitted = ringsock::test::sq_tail(ctx) - before;
+        };
+        ctx.sync_wait(client());
+        CHECK(submitted == 0);
+        REQUIRE_OK(c);
+        CHECK((::fcntl(c->native_handle(), F_GETFL) & O_NONBLOCK) == 0);  // io_uring supplies the waiting
+        CHECK((::fcntl(c->native_handle(), F_GETFD) & FD_CLOEXEC) != 0);
+        auto io = [&]() -> task<void> {
+            auto s = co_await acc->accept();
+            REQUIRE_OK(s);
+            // A receive that waits: on a socket left O_NONBLOCK it would still work (io_uring
+            // polls), but a user's blocking syscall on native_handle() would not block.
+            std::string buf(2, '\0');
+            auto reader = [&]() -> task<void> {
+                auto r = co_await c->read_exact(buf);
+                REQUIRE_OK(r);
+            };
+            auto writer = [&]() -> task<void> {
+                (void)co_await ringsock::sleep_for(ctx, 5ms);
+                auto w = co_await s->write_all(ringsock::as_bytes(std::string_view("hi")));
+                REQUIRE_OK(w);
+            };
+            (void)co_await ringsock::when_all(reader(), writer());
+            CHECK(buf == "hi");
+        };
+        ctx.sync_wait(io());
+    }
+    CHECK(ringsock::test::open_fd_count() == fds_before);
+}
+
+TEST_CASE("connect: a stop requested before the connect starts connects nothing", "[connect]") {
+    io_context ctx;
+    auto ep = abstract_ep("prestopped");
+    auto acc = acceptor::listen(ctx, ep);
+    REQUIRE(acc);
+    std::stop_source src;
+    src.request_stop();
+    io_result<stream_socket> c;
+    auto client = [&]() -> task<void> { c = co_await stream_socket::connect(ctx, ep, src.get_token()); };
+    ctx.sync_wait(client());
+    REQUIRE_FALSE(c);
+    CHECK(c.error() == std::errc::operation_canceled);
+    int pending = -1;
+    auto probe = [&]() -> task<void> {
+        auto s = co_await acc->accept(20ms);
+        pending = s ? 1 : 0;
+    };
+    ctx.sync_wait(probe());
+    CHECK(pending == 0);  // no connection reached the backlog
 }

@@ -315,3 +315,59 @@ TEST_CASE("speculation: a datagram longer than the buffer read directly is repor
     }
     CHECK(ringsock::test::open_fd_count() == fds);
 }
+
+// A coroutine whose every operation completes at once by a direct syscall never
+// suspends; without a per-turn budget it would starve timers and other coroutines.
+// Runs `round` until a 1 ms timer fires or `cap` rounds pass: the rounds it ran.
+template <class Round>
+int rounds_before_a_timer(io_context& ctx, int cap, Round& round) {
+    bool timer_fired = false;
+    int rounds = 0;
+    auto busy = [&]() -> task<void> {
+        while (!timer_fired && rounds < cap) {
+            co_await round();
+            ++rounds;
+        }
+    };
+    auto timer = [&]() -> task<void> {
+        auto slept = co_await ringsock::sleep_for(ctx, 1ms);
+        REQUIRE(slept);
+        timer_fired = true;
+    };
+    ctx.sync_wait([&]() -> task<void> { (void)co_await ringsock::when_all(timer(), busy()); }());
+    CHECK(timer_fired);
+    return rounds;
+}
+
+TEST_CASE("speculation: a loop whose sends and receives all complete at once still lets a timer and other coroutines run",
+          "[speculation]") {
+    io_context ctx;
+    auto a_b = make_pair(ctx);
+    auto& a = a_b.first;
+    auto& b = a_b.second;
+    auto round = [&]() -> task<void> {
+        std::array<char, 1> in{};
+        auto w = co_await a.write_all(std::string_view("x"));
+        REQUIRE(w);
+        auto r = co_await b.read_exact(in);  // the byte is there: a direct recv
+        REQUIRE(r);
+    };
+    constexpr int cap = 200'000;  // a loop that never yields ends here
+    CHECK(rounds_before_a_timer(ctx, cap, round) < cap);
+}
+
+TEST_CASE("speculation: a loop of connects and accepts that all complete at once still lets a timer run",
+          "[speculation]") {
+    io_context ctx;
+    auto ep = ringsock::test::unique_abstract("fair-accept");
+    auto acc = ringsock::acceptor::listen(ctx, ep);
+    REQUIRE(acc);
+    auto round = [&]() -> task<void> {
+        auto c = co_await stream_socket::connect(ctx, ep);
+        REQUIRE(c);
+        auto s = co_await acc->accept();
+        REQUIRE(s);
+    };
+    constexpr int cap = 20'000;
+    CHECK(rounds_before_a_timer(ctx, cap, round) < cap);
+}

@@ -154,7 +154,7 @@ public:
             io_uring* r = ctx_->native_handle();
             if (io_uring_cq_ready(r) != 0 || io_uring_cq_has_overflow(r)) return would_block;
         }
-        if (!spec_.worth_trying()) return would_block;
+        if (!spec_.worth_trying() || !ctx_->take_direct()) return would_block;
         if (flags_shared_) {
             const int fl = ::fcntl(listen_fd_, F_GETFL);
             if (fl < 0 || (fl & O_NONBLOCK) == 0) {

@@ -3,6 +3,7 @@
 // never SIGPIPE; short reads and writes are looped by read_exact / write_all.
 #pragma once
 
+#include <fcntl.h>
 #include <liburing.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -28,15 +29,18 @@ class stream_socket;
 
 namespace detail {
 
-/// Creates a SOCK_CLOEXEC socket (blocking: io_uring supplies the waiting) and connects
-/// it with IORING_OP_CONNECT. A full backlog makes the connect wait on an io-wq thread
-/// until the server accepts; a stop request or time limit interrupts it (-EINTR).
+/// Creates a SOCK_CLOEXEC socket and connects it. A Unix connect to a listener with room
+/// in its backlog completes at once, so it is tried directly first, on a socket created
+/// O_NONBLOCK so that a full backlog answers EAGAIN instead of blocking the thread; the
+/// socket then turns blocking, as every ringsock socket is (io_uring supplies the
+/// waiting). On EAGAIN it connects with IORING_OP_CONNECT, which waits on an io-wq
+/// thread until the server accepts; a stop request or time limit interrupts it (-EINTR).
 template <class Socket, int Type>
 class connect_op final : public operation {
 public:
     connect_op(io_context& ctx, const endpoint& ep, const op_limits& lim) noexcept
         : operation(ctx, lim), ep_(ep) {
-        fd_.reset(::socket(AF_UNIX, Type | SOCK_CLOEXEC, 0));
+        fd_.reset(::socket(AF_UNIX, Type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
         if (!fd_) create_errno_ = errno;
     }
     // TRICKY: the kernel uses fd_ and ep_ until the connect completes: settle first.
@@ -47,14 +51,28 @@ public:
             state_ = op_state::done;
             return true;
         }
-        return operation::await_ready();
+        if (operation::await_ready()) return true;
+        const bool direct = ctx_->take_direct();
+        const int r = direct ? ::connect(fd_.get(), ep_.data(), ep_.size()) : -1;
+        const int err = !direct ? EAGAIN : r == 0 ? 0 : errno;
+        // Blocking from here on; IORING_OP_CONNECT on an O_NONBLOCK socket would not wait.
+        if (::fcntl(fd_.get(), F_SETFL, 0) != 0) {
+            res_ = -errno;
+            setup_failed_ = true;
+        } else if (err == EAGAIN || err == EINTR) {
+            return false;  // a full backlog: wait on the ring
+        } else {
+            res_ = -err;
+        }
+        state_ = op_state::done;
+        return true;
     }
     void prepare(io_uring_sqe* sqe) noexcept override {
         io_uring_prep_connect(sqe, fd_.get(), ep_.data(), ep_.size());
     }
     io_result<Socket> await_resume() noexcept {
         finish_wait();
-        if (res_ < 0) return {result_error(), create_errno_ ? "connect: socket" : "connect"};
+        if (res_ < 0) return {result_error(), create_errno_ ? "connect: socket" : setup_failed_ ? "connect: fcntl" : "connect"};
         return Socket(ctx_->owner(), std::move(fd_));
     }
 
@@ -62,6 +80,7 @@ private:
     endpoint ep_;
     unique_fd fd_;
     int create_errno_ = 0;
+    bool setup_failed_ = false;
 };
 
 }  // namespace detail

@@ -157,7 +157,7 @@ private:
     /// direction (it then tries when its wait, prepared on its turn, ends).
     bool send_datagram_now() noexcept {
         socket()->same_direction_as_last(true);  // keeps the receive side's run tracking true
-        if (gate_->busy || socket()->closed || !attempt_datagram()) return false;
+        if (gate_->busy || socket()->closed || !ctx_->take_direct() || !attempt_datagram()) return false;
         state_ = op_state::done;
         return true;
     }

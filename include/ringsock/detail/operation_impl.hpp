@@ -106,7 +106,7 @@ inline bool operation::at_speculative_point(socket_state& st, bool sends) noexce
 inline bool operation::may_try_now_in_run(bool sends) noexcept {
     socket_state* st = sock_;
     speculation& spec = sends ? st->send_spec : st->recv_spec;
-    return spec.worth_trying() && !gate_->busy && !st->closed && ctx_->idle_after_current();
+    return spec.worth_trying() && !gate_->busy && !st->closed && ctx_->idle_after_current() && ctx_->take_direct();
 }
 
 inline bool operation::took_now(long r, bool sends) noexcept {

@@ -169,6 +169,17 @@ public:
     /// Stricter: nor would the next enter submit anything. A request prepared now would
     /// be alone in that enter, paying a whole ring round on its own.
     bool alone_in_next_enter() noexcept { return ready_.empty() && sub_.nothing_to_submit(); }
+    /// Spends one of this turn's direct syscalls; false when they are used up. A
+    /// coroutine whose every operation completes at once never suspends: without a
+    /// budget it would starve timers, signals, stop requests and every other coroutine
+    /// (tokio's cooperative budget answers the same). Out of budget, operations take the
+    /// ring, so the coroutine suspends and the turn ends.
+    bool take_direct() noexcept {
+        if (direct_left_ == 0) return false;
+        --direct_left_;
+        return true;
+    }
+    static constexpr unsigned direct_per_turn = 128;
     void unready(resumable* r) noexcept { ready_.unready(r); }
     void add_work() noexcept { ready_.add_work(); }
     void record_detached_exception(std::exception_ptr e) noexcept {
@@ -275,6 +286,7 @@ private:
     submission sub_;
     std::optional<wake_op> wake_op_;
     unsigned poll_tick_ = 0;
+    unsigned direct_left_ = direct_per_turn;
     long long retry_due_ns_ = 0;
     std::exception_ptr detached_error_;
     detached_promise* detached_head_ = nullptr;
@@ -300,6 +312,7 @@ inline bool scheduler::turn(bool block, std::size_t max_resume, std::size_t& res
         explicit running_guard(scheduler* s) noexcept : saved(std::exchange(running_loop, s)) {}
         ~running_guard() { running_loop = saved; }
     } running(this);
+    direct_left_ = direct_per_turn;
     if (remote_.has_posts()) process_remote();
     if (inbox_.has_items()) {
         process_inbox();
