@@ -10,6 +10,8 @@
 #include <ringsock/seqpacket_acceptor.hpp>
 
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -332,12 +334,17 @@ TEST_CASE("connect hostile: a seqpacket connect to a full backlog waits, then co
 
 namespace {
 
-/// The error a plain blocking connect of a stream socket to `ep` gives.
-std::errc raw_connect_errc(const endpoint& ep) {
-    unique_fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+/// The error a plain blocking connect of a `type` socket to `ep` gives.
+std::errc raw_connect_errc(const endpoint& ep, int type = SOCK_STREAM) {
+    unique_fd fd(::socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
     REQUIRE(fd);
     REQUIRE(::connect(fd.get(), ep.data(), ep.size()) < 0);
     return static_cast<std::errc>(errno);
+}
+
+template <class Socket>
+constexpr int mine_type() {
+    return std::is_same_v<Socket, seqpacket_socket> ? SOCK_SEQPACKET : SOCK_STREAM;
 }
 
 template <class Socket>
@@ -395,9 +402,87 @@ void check_all_errors(io_context& ctx) {
         REQUIRE(d);
         check_connect_error<Socket>(ctx, ep, raw_connect_errc(ep));
     }
+    SECTION("a listener of the other connected type: what a plain connect gives") {
+        auto ep = unique_abstract("other-type");
+        const int other = std::is_same_v<Socket, seqpacket_socket> ? SOCK_STREAM : SOCK_SEQPACKET;
+        const int mine = std::is_same_v<Socket, seqpacket_socket> ? SOCK_SEQPACKET : SOCK_STREAM;
+        unique_fd l(::socket(AF_UNIX, other | SOCK_CLOEXEC, 0));
+        REQUIRE(::bind(l.get(), ep.data(), ep.size()) == 0);
+        REQUIRE(::listen(l.get(), 4) == 0);
+        const std::errc want = raw_connect_errc(ep, mine);
+        check_connect_error<Socket>(ctx, ep, want);
+        ::fcntl(l.get(), F_SETFL, O_NONBLOCK);
+        CHECK(drain_listener(l.get()) == 0);
+    }
+    SECTION("an empty (autobind) address: EINVAL") {
+        check_connect_error<Socket>(ctx, endpoint::autobind(), raw_connect_errc(endpoint::autobind(), mine_type<Socket>()));
+    }
 }
 
 }  // namespace
+
+TEST_CASE("connect hostile: out of descriptors, connect fails with EMFILE named connect: socket, and recovers",
+          "[connect_hostile]") {
+    fd_leak_guard guard;
+    hang_guard hang;
+    io_context ctx;
+    auto ep = unique_abstract("emfile");
+    auto acc = acceptor::listen(ctx, ep);
+    REQUIRE(acc);
+    rlimit old{};
+    REQUIRE(::getrlimit(RLIMIT_NOFILE, &old) == 0);
+    // Fill every slot below a small limit: the next socket() fails.
+    std::vector<unique_fd> filler;
+    rlimit low = old;
+    low.rlim_cur = ringsock::test::open_fd_count() + 4;
+    REQUIRE(::setrlimit(RLIMIT_NOFILE, &low) == 0);
+    for (;;) {
+        unique_fd f(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+        if (!f) break;
+        filler.push_back(std::move(f));
+    }
+    io_result<stream_socket> c;
+    auto client = [&]() -> task<void> { c = co_await stream_socket::connect(ctx, ep); };
+    ctx.sync_wait(client());
+    filler.clear();
+    REQUIRE(::setrlimit(RLIMIT_NOFILE, &old) == 0);
+    REQUIRE_FALSE(c);
+    CHECK(c.error() == std::errc::too_many_files_open);
+    CHECK(std::string_view(c.what()) == "connect: socket");
+    io_result<stream_socket> again;
+    auto retry = [&]() -> task<void> {
+        again = co_await stream_socket::connect(ctx, ep);
+        auto s = co_await acc->accept(5s);
+        CHECK(s);
+    };
+    ctx.sync_wait(retry());
+    REQUIRE(again);
+    CHECK(is_blocking(again->native_handle()));
+}
+
+TEST_CASE("connect hostile: a direct connect under a time limit leaves no deadline behind",
+          "[connect_hostile]") {
+    fd_leak_guard guard;
+    hang_guard hang;
+    io_context ctx;
+    auto ep = unique_abstract("limit-direct");
+    auto acc = acceptor::listen(ctx, ep);
+    REQUIRE(acc);
+    std::string got(2, '\0');
+    auto io = [&]() -> task<void> {
+        auto c = co_await stream_socket::connect(ctx, ep, 1ms);
+        REQUIRE(c);
+        auto s = co_await acc->accept();
+        REQUIRE(s);
+        (void)co_await ringsock::sleep_for(ctx, 10ms);  // well past the connect's limit
+        auto w = co_await c->write_all(ringsock::as_bytes(std::string_view("ok")));
+        REQUIRE(w);
+        auto r = co_await s->read_exact(got);
+        REQUIRE(r);
+    };
+    ctx.sync_wait(io());
+    CHECK(got == "ok");
+}
 
 TEST_CASE("connect hostile: stream connect errors are returned directly with their code, named connect",
           "[connect_hostile]") {
@@ -680,6 +765,108 @@ TEST_CASE("connect hostile: fairness: seqpacket sends and receives let a timer a
     CHECK(rounds < round_cap);
 }
 
+TEST_CASE("connect hostile: fairness: connected datagram sends and fd_stream reads let a timer and another coroutine run",
+          "[connect_hostile]") {
+    fd_leak_guard guard;
+    hang_guard hang;
+    io_context ctx;
+    auto dp = datagram_socket::pair(ctx);
+    REQUIRE(dp);
+    auto fp = fd_stream::pair(ctx);
+    REQUIRE(fp);
+    auto& d1 = dp->first;
+    auto& d2 = dp->second;
+    auto& f1 = fp->first;
+    auto& f2 = fp->second;
+    auto round = [&]() -> task<void> {
+        std::array<char, 8> in{};
+        auto w = co_await d1.send(ringsock::as_bytes(std::string_view("dg")));
+        REQUIRE(w);
+        auto r = co_await d2.receive_bytes(in);
+        REQUIRE(r);
+        auto fw = co_await f1.write_all(ringsock::as_bytes(std::string_view("f")));
+        REQUIRE(fw);
+        std::array<char, 1> one{};
+        auto fr = co_await f2.read_some(one);
+        REQUIRE(fr);
+    };
+    const int rounds = rounds_until_others_ran(ctx, round);
+    CHECK(rounds < round_cap);
+}
+
+TEST_CASE("connect hostile: fairness: a loop of direct operations lets a signal_set wait see a signal",
+          "[connect_hostile]") {
+    fd_leak_guard guard;
+    hang_guard hang;
+    io_context ctx;
+    ringsock::signal_set sigs(ctx, {SIGUSR2});
+    auto p = ringsock::test::make_pair(ctx);
+    auto& a = p.first;
+    auto& b = p.second;
+    bool got_signal = false;
+    int rounds = 0;
+    auto busy = [&]() -> task<void> {
+        while (!got_signal && rounds < round_cap) {
+            if (rounds == 10) ::raise(SIGUSR2);
+            std::array<char, 1> in{};
+            auto w = co_await a.write_all(ringsock::as_bytes(std::string_view("x")));
+            REQUIRE(w);
+            auto r = co_await b.read_exact(in);
+            REQUIRE(r);
+            ++rounds;
+        }
+    };
+    auto waiter = [&]() -> task<void> {
+        auto sig = co_await sigs.wait();
+        CHECK(sig);
+        got_signal = true;
+    };
+    auto both = [&]() -> task<void> { (void)co_await ringsock::when_all(busy(), waiter()); };
+    ctx.sync_wait(both());
+    CHECK(got_signal);
+    CHECK(rounds < round_cap);
+}
+
+TEST_CASE("connect hostile: fairness: writes failing at once on a broken stream let a timer and another coroutine run",
+          "[connect_hostile]") {
+    fd_leak_guard guard;
+    hang_guard hang;
+    io_context ctx;
+    auto p = ringsock::test::make_pair(ctx);
+    auto& a = p.first;
+    p.second.close();
+    auto first = [&]() -> task<void> {
+        auto w = co_await a.write_all(ringsock::as_bytes(std::string_view("x")));
+        CHECK_FALSE(w);  // EPIPE: the stream is broken from now on
+    };
+    ctx.sync_wait(first());
+    auto round = [&]() -> task<void> {
+        auto w = co_await a.write_all(ringsock::as_bytes(std::string_view("x")));
+        CHECK_FALSE(w);
+    };
+    const int rounds = rounds_until_others_ran(ctx, round);
+    CHECK(rounds < round_cap);
+}
+
+// Operations that end at once without any syscall (a token already stopped) spend no
+// budget: a loop retrying them never suspends. Documented, not a claim of the commit
+// (it budgets direct syscalls); hidden ([.]) so the suite stays green.
+TEST_CASE("connect hostile: fairness: connects ending at once on a stopped token let a timer run",
+          "[connect_hostile][.]") {
+    fd_leak_guard guard;
+    hang_guard hang;
+    io_context ctx;
+    auto ep = unique_abstract("fair-stopped");
+    std::stop_source src;
+    src.request_stop();
+    auto round = [&]() -> task<void> {
+        auto c = co_await stream_socket::connect(ctx, ep, src.get_token());
+        CHECK_FALSE(c);
+    };
+    const int rounds = rounds_until_others_ran(ctx, round);
+    CHECK(rounds < round_cap);
+}
+
 TEST_CASE("connect hostile: fairness: a stop request from a timer coroutine ends a loop of direct operations",
           "[connect_hostile]") {
     fd_leak_guard guard;
@@ -793,6 +980,51 @@ TEST_CASE("connect hostile: a scope stopped while its connects wait on a full ba
     CHECK(other == 0);
     ::fcntl(lfd.get(), F_SETFL, O_NONBLOCK);
     CHECK(drain_listener(lfd.get()) == static_cast<int>(clients.size()));
+}
+
+TEST_CASE("connect hostile: a connect waiting on a full backlog ends with an error when the listener closes",
+          "[connect_hostile]") {
+    fd_leak_guard guard;
+    hang_guard hang;
+    io_context ctx;
+    auto ep = unique_abstract("listener-closes");
+    auto lfd = raw_listener(ep, 0);
+    auto clients = fill_backlog(ep);
+    io_result<stream_socket> c;
+    bool done = false;
+    auto client = [&]() -> task<void> {
+        c = co_await stream_socket::connect(ctx, ep, 20s);
+        done = true;
+    };
+    auto closer = [&]() -> task<void> {
+        (void)co_await ringsock::sleep_for(ctx, 20ms);
+        CHECK_FALSE(done);
+        lfd.reset();
+    };
+    auto both = [&]() -> task<void> { (void)co_await ringsock::when_all(client(), closer()); };
+    ctx.sync_wait(both());
+    REQUIRE_FALSE(c);
+    INFO(c.error().message());
+    CHECK(c.error() != std::errc::timed_out);
+    CHECK(std::string_view(c.what()) == "connect");
+}
+
+TEST_CASE("connect hostile: connect awaiters made but never awaited connect nothing and leak nothing",
+          "[connect_hostile]") {
+    fd_leak_guard guard;
+    io_context ctx;
+    auto ep = unique_abstract("unawaited");
+    auto lfd = raw_listener(ep, 64);
+    ::fcntl(lfd.get(), F_SETFL, O_NONBLOCK);
+    for (int i = 0; i < 10; ++i) {
+        auto a1 = stream_socket::connect(ctx, ep);
+        auto a2 = seqpacket_socket::connect(ctx, ep, 1s);
+        auto a3 = fd_stream::connect(ctx, ep);
+        (void)a1;
+        (void)a2;
+        (void)a3;
+    }
+    CHECK(drain_listener(lfd.get()) == 0);
 }
 
 TEST_CASE("connect hostile: a context destroyed with a detached connect still waiting leaks nothing",
