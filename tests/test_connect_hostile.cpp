@@ -1047,3 +1047,55 @@ TEST_CASE("connect hostile: a context destroyed with a detached connect still wa
     ::fcntl(lfd.get(), F_SETFL, O_NONBLOCK);
     CHECK(drain_listener(lfd.get()) == static_cast<int>(clients.size()));
 }
+
+TEST_CASE("connect hostile: 150 connects past the budget to a small backlog with some accepted and the rest stopped: every success is one connection",
+          "[connect_hostile]") {
+    fd_leak_guard guard;
+    hang_guard hang;
+    constexpr int n = 150;
+    io_context ctx;
+    auto ep = unique_abstract("partial");
+    auto lfd = raw_listener(ep, 16);
+    ::fcntl(lfd.get(), F_SETFL, O_NONBLOCK);
+    int ok = 0, canceled = 0, other = 0, accepted = 0;
+    std::vector<stream_socket> kept;
+    std::vector<unique_fd> server_side;
+    {
+        ringsock::scope sc(ctx);
+        for (int i = 0; i < n; ++i) {
+            sc.spawn([&](std::stop_token tok) -> task<void> {
+                auto c = co_await stream_socket::connect(ctx, ep, tok);
+                if (c) {
+                    ++ok;
+                    CHECK(is_blocking(c->native_handle()));
+                    kept.push_back(std::move(*c));
+                } else if (c.error() == std::errc::operation_canceled) {
+                    ++canceled;
+                } else {
+                    ++other;
+                }
+            });
+        }
+        auto server = [&]() -> task<void> {
+            (void)co_await ringsock::sleep_for(ctx, 20ms);
+            for (int round = 0; round < 10; ++round) {
+                for (int k = 0; k < 5; ++k) {
+                    const int fd = ::accept4(lfd.get(), nullptr, nullptr, SOCK_CLOEXEC);
+                    if (fd >= 0) {
+                        server_side.emplace_back(fd);
+                        ++accepted;
+                    }
+                }
+                (void)co_await ringsock::sleep_for(ctx, 2ms);
+            }
+            sc.request_stop();
+            co_await sc.join();
+        };
+        ctx.sync_wait(server());
+    }
+    accepted += drain_listener(lfd.get());
+    CHECK(other == 0);
+    CHECK(ok + canceled == n);
+    CHECK(canceled > 0);
+    CHECK(accepted == ok);  // no half-made connection from a stopped connect
+}
