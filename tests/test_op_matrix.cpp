@@ -517,6 +517,13 @@ void check_peer(env& e, const kind_info& ki, bool target_gone) {
     CHECK(queued(target) >= 5);
 }
 
+// A send_to waiting for a full receiver re-arms its own backoff TIMEOUT each time one
+// expires (detail::send_msg_op), so any turn may end with that timer in the SQ: hand
+// it to the kernel before a check that nothing else was prepared.
+void submit_send_to_timers(io_uring* ring, const kind_info& ki) {
+    if (ki.k == kind::dg_send_to) REQUIRE(io_uring_submit(ring) >= 0);
+}
+
 void run_cell(const kind_info& ki, state s, action a) {
     ringsock::test::fd_leak_guard guard;
     io_context::options o;
@@ -571,6 +578,7 @@ void run_cell(const kind_info& ki, state s, action a) {
         if (a == action::stop) target_stop.request_stop();
         if (a == action::frame_destroyed || a == action::socket_closed) hold.armed = true;
     }
+    if (s == state::gated) submit_send_to_timers(ring, ki);  // the holder's, before the target starts
     const auto t0 = clock_type::now();
     target.emplace(run_op(e, ki, lim, sleep_len, &hold, out));
     start(target);
@@ -602,6 +610,7 @@ void run_cell(const kind_info& ki, state s, action a) {
             e.ctx.poll();
             e.ctx.poll();
             REQUIRE_FALSE(out.resumed);
+            submit_send_to_timers(ring, ki);
             REQUIRE(io_uring_sq_ready(ring) == 0);
             if (lends(ki)) REQUIRE(available(e) == ring_free);  // no buffer picked yet
             if (starved(ki)) REQUIRE(queued(e.s->native_handle()) == (int)ki.bytes);  // waits, took nothing
