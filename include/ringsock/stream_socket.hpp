@@ -52,20 +52,16 @@ public:
             return true;
         }
         if (operation::await_ready()) return true;
-        const bool direct = ctx_->take_direct();
-        const int r = direct ? ::connect(fd_.get(), ep_.data(), ep_.size()) : -1;
-        const int err = !direct ? EAGAIN : r == 0 ? 0 : errno;
+        int err = EAGAIN;  // out of this turn's direct budget: the ring, as for a full backlog
+        if (ctx_->take_direct()) err = ::connect(fd_.get(), ep_.data(), ep_.size()) == 0 ? 0 : errno;
+        if (err != 0 && err != EAGAIN && err != EINTR) return done(-err);  // refused, missing...
         // Blocking from here on; IORING_OP_CONNECT on an O_NONBLOCK socket would not wait.
         if (::fcntl(fd_.get(), F_SETFL, 0) != 0) {
-            res_ = -errno;
             setup_failed_ = true;
-        } else if (err == EAGAIN || err == EINTR) {
-            return false;  // a full backlog: wait on the ring
-        } else {
-            res_ = -err;
+            return done(-errno);
         }
-        state_ = op_state::done;
-        return true;
+        if (err != 0) return false;  // a full backlog: wait on the ring
+        return done(0);
     }
     void prepare(io_uring_sqe* sqe) noexcept override {
         io_uring_prep_connect(sqe, fd_.get(), ep_.data(), ep_.size());
@@ -77,6 +73,11 @@ public:
     }
 
 private:
+    bool done(int res) noexcept {
+        res_ = res;
+        state_ = op_state::done;
+        return true;
+    }
     endpoint ep_;
     unique_fd fd_;
     int create_errno_ = 0;

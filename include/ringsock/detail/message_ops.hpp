@@ -31,7 +31,7 @@ namespace ringsock::detail {
 /// optional destination. `stream`: sends the whole buffer, looping over short sends,
 /// with the descriptors attached to the first chunk. `message`: one message, whole.
 /// `datagram`: one message on a datagram socket, only ever sent by a direct
-/// non-blocking sendmsg(2); the ring just waits for room.
+/// non-blocking send/sendto/sendmsg(2); the ring just waits for room.
 ///
 /// KERNEL: an io_uring SEND/SENDMSG of a datagram that finds the receiver's queue full
 /// (a receiver not connected back to this socket: send_to, or a one-way connect()) has
@@ -161,7 +161,7 @@ private:
         state_ = op_state::done;
         return true;
     }
-    /// One non-blocking sendmsg: true when the datagram went or failed for good (res_).
+    /// One non-blocking send: true when the datagram went or failed for good (res_).
     bool attempt_datagram() noexcept {
         constexpr int flags = MSG_DONTWAIT | MSG_NOSIGNAL;
         ssize_t r;
