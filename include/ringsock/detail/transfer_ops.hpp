@@ -114,6 +114,7 @@ public:
     [[gnu::always_inline]] bool await_ready() noexcept {
         if (is_send() && socket()->write_broken) [[unlikely]] {
             broken_ = true;
+            res_ = -EPIPE;  // keeps await_resume's fast path to one sign test
             state_ = op_state::done;
             return true;
         }
@@ -149,7 +150,8 @@ public:
     [[gnu::always_inline]] io_result<std::size_t> await_resume() noexcept {
         finish_wait();
         // The common case first, inline: the whole (or some) transfer went through.
-        if (res_ >= 0 && !broken_ && !is_message() && (!tally_.whole || tally_.done == tally_.total)) [[likely]]
+        // (A broken write has a negative res_, a message sets bit 4 of its kind.)
+        if (res_ >= 0 && !is_message() && (!tally_.whole || tally_.done == tally_.total)) [[likely]]
             return tally_.done;
         return slow_result();
     }
