@@ -312,7 +312,7 @@ private:
         has_stop_cb_ = true;
     }
     /// Destroying the callback waits for a concurrent invocation on another thread.
-    [[gnu::cold, gnu::noinline]] void end_stop_callback() noexcept {
+    void end_stop_callback() noexcept {
         std::launder(reinterpret_cast<stop_callback*>(stop_cb_))->~stop_callback();
         has_stop_cb_ = false;
     }
