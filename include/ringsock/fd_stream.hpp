@@ -105,7 +105,7 @@ public:
     [[nodiscard]] auto write_some(const B& buf, op_limits lim = {}) {
         auto s = as_bytes(buf);
         return detail::transfer_op(bound_context(), fd_.get(), &state_, const_cast<std::byte*>(s.data()), s.size(),
-                                   detail::transfer_op::kind::send_some, lim);
+                                   detail::transfer_op::kind::send_some, std::move(lim));
     }
     /// Sends the whole buffer. If it fails part-way the count sent is in
     /// partial_value() and later writes fail with errc::stream_broken.
@@ -113,7 +113,7 @@ public:
     [[nodiscard]] auto write_all(const B& buf, op_limits lim = {}) {
         auto s = as_bytes(buf);
         return detail::transfer_op(bound_context(), fd_.get(), &state_, const_cast<std::byte*>(s.data()), s.size(),
-                                   detail::transfer_op::kind::send_all, lim);
+                                   detail::transfer_op::kind::send_all, std::move(lim));
     }
     /// Sends the whole buffer with `fds` attached to its first byte; the peer's kernel
     /// delivers them with the read that consumes that byte. The descriptors stay ours.

@@ -115,7 +115,7 @@ public:
     template <writable_bytes B>
     [[nodiscard]] auto read_some(B&& buf, op_limits lim = {}) {
         auto s = as_writable_bytes(buf);
-        return op(s.data(), s.size(), detail::transfer_op::kind::recv_some, lim);
+        return op(s.data(), s.size(), detail::transfer_op::kind::recv_some, std::move(lim));
     }
     /// Receives at least one byte into a buffer the kernel picks from `ring` when data
     /// arrives: while it waits, this read holds no buffer. co_await yields
@@ -129,20 +129,20 @@ public:
     template <writable_bytes B>
     [[nodiscard]] auto read_exact(B&& buf, op_limits lim = {}) {
         auto s = as_writable_bytes(buf);
-        return op(s.data(), s.size(), detail::transfer_op::kind::recv_exact, lim);
+        return op(s.data(), s.size(), detail::transfer_op::kind::recv_exact, std::move(lim));
     }
     /// Sends at least one byte (fewer than asked if the socket buffer is full).
     template <readable_bytes B>
     [[nodiscard]] auto write_some(const B& buf, op_limits lim = {}) {
         auto s = as_bytes(buf);
-        return op(const_cast<std::byte*>(s.data()), s.size(), detail::transfer_op::kind::send_some, lim);
+        return op(const_cast<std::byte*>(s.data()), s.size(), detail::transfer_op::kind::send_some, std::move(lim));
     }
     /// Sends the whole buffer, looping over short writes. If it fails part-way the count
     /// sent is in partial_value() and later writes fail with errc::stream_broken.
     template <readable_bytes B>
     [[nodiscard]] auto write_all(const B& buf, op_limits lim = {}) {
         auto s = as_bytes(buf);
-        return op(const_cast<std::byte*>(s.data()), s.size(), detail::transfer_op::kind::send_all, lim);
+        return op(const_cast<std::byte*>(s.data()), s.size(), detail::transfer_op::kind::send_all, std::move(lim));
     }
 
     /// Vectored variants (recvmsg/sendmsg). The iovec array is copied; the buffers it
@@ -164,8 +164,8 @@ public:
     }
 
 private:
-    detail::transfer_op op(std::byte* p, std::size_t n, detail::transfer_op::kind k, const op_limits& lim) {
-        return detail::transfer_op(bound_context(), fd_.get(), &state_, p, n, k, lim);
+    detail::transfer_op op(std::byte* p, std::size_t n, detail::transfer_op::kind k, op_limits&& lim) {
+        return detail::transfer_op(bound_context(), fd_.get(), &state_, p, n, k, std::move(lim));
     }
     detail::vectored_op vop(std::span<const iovec> iov, detail::vectored_op::kind k, const op_limits& lim) {
         return detail::vectored_op(bound_context(), fd_.get(), &state_, iov, k, lim);

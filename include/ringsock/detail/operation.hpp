@@ -139,10 +139,11 @@ struct socket_state;
 class operation : public resumable {
 public:
     operation(io_context& ctx, const op_limits& limits) noexcept : ctx_(&core(ctx)), stop_(limits.stop) {
-        if (limits.timeout && *limits.timeout < op_limits::no_limit) {
-            timeout_ = *limits.timeout;
-            has_deadline_ = true;
-        }
+        take_timeout(limits);
+    }
+    /// Takes the stop token over: no reference count taken and dropped again.
+    operation(io_context& ctx, op_limits&& limits) noexcept : ctx_(&core(ctx)), stop_(std::move(limits.stop)) {
+        take_timeout(limits);
     }
     /// For the scheduler's own internal operations.
     operation(scheduler& s, const op_limits& limits) noexcept : ctx_(&s), stop_(limits.stop) {}
@@ -236,6 +237,12 @@ protected:
     /// Takes a direct attempt's result `r` (a syscall's return, errno set on -1) into
     /// res_. False when it would have blocked: the operation goes to the ring instead.
     bool took_now(long r, bool sends) noexcept;
+    void take_timeout(const op_limits& limits) noexcept {
+        if (limits.timeout && *limits.timeout < op_limits::no_limit) [[unlikely]] {
+            timeout_ = *limits.timeout;
+            has_deadline_ = true;
+        }
+    }
     /// The socket is going away: forget it (called by socket_state only).
     void detach_socket() noexcept {
         sock_ = nullptr;

@@ -136,12 +136,13 @@ public:
     }
 
 private:
-    /// The SQE of a socket operation of final type `Op` without a time limit, with
+    /// The SQE of a socket operation of final type `Op` without a time limit (only
+    /// suspend_direct leads here, and it sends those with one to the general path), with
     /// prepare() called directly. False, with nothing consumed, when the general path
-    /// must decide (the in-flight cap, a full SQ, a closed socket).
+    /// must decide (the in-flight cap, a full SQ, a socket closed since).
     template <class Op>
     [[gnu::always_inline]] bool prepare_direct(Op* op) noexcept {
-        if (inflight_ >= inflight_cap_ || op->has_deadline_ || !op->sock_ || op->sock_->closed) [[unlikely]]
+        if (inflight_ >= inflight_cap_ || !op->sock_ || op->sock_->closed) [[unlikely]]
             return false;
         io_uring_sqe* sqe = ring_.get_sqe();
         if (!sqe) [[unlikely]] return false;

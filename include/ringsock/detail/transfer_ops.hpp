@@ -101,8 +101,8 @@ public:
     };
 
     transfer_op(io_context& ctx, int fd, socket_state* st, std::byte* buf, std::size_t len, kind k,
-                const op_limits& lim) noexcept
-        : operation(ctx, lim), fd_(fd), buf_(buf), kind_(k) {
+                op_limits&& lim) noexcept
+        : operation(ctx, std::move(lim)), fd_(fd), buf_(buf), kind_(k) {
         tally_.total = len;
         tally_.sends = is_send();
         tally_.whole = k == kind::recv_exact || k == kind::send_all;
