@@ -1,4 +1,5 @@
-// Raw liburing baselines, hand-written without coroutines.  Two schedules:
+// Raw liburing baselines, hand-written (without coroutines but for raw_uring_coro).
+// Two schedules:
 //
 // raw_uring_preposted ("the usual design"): a receive is posted as soon as the
 //   previous one completed, so it is armed before its data is sent: it finds the
@@ -25,7 +26,9 @@
 // Variants:
 //  raw_uring_preposted_nodt  the preposted code on a ring without SINGLE_ISSUER|DEFER_TASKRUN;
 //  raw_uring_mshot           pingpong only: one multishot RECV per socket end from a
-//                            provided buffer ring.
+//                            provided buffer ring;
+//  raw_uring_coro            pingpong only: the floor driven by minimal C++20
+//                            coroutines (what coroutines alone add; see coro_pingpong).
 #include <fcntl.h>
 #include <liburing.h>
 #include <sys/socket.h>
@@ -34,6 +37,8 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <coroutine>
+#include <exception>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -87,7 +92,11 @@ class ring {
     if (!init_uring(r_, entries, cq_entries, cfg.defer_taskrun))
       add_note(std::string(cfg.name) + ": SINGLE_ISSUER|DEFER_TASKRUN refused, using a plain ring");
   }
-  ~ring() { io_uring_queue_exit(&r_); }
+  ~ring() { close_ring(); }
+  void close_ring() noexcept {
+    if (open_) io_uring_queue_exit(&r_);
+    open_ = false;
+  }
   ring(const ring&) = delete;
   ring& operator=(const ring&) = delete;
 
@@ -114,8 +123,13 @@ class ring {
         if (rc != -EINTR) throw_res(rc, "io_uring_submit_and_wait");
       }
     }
-    // Inline reaping (io_uring_peek_batch_cqe is an out-of-line call that also
-    // checks for overflow flushes, which NODROP + check_overflow cover here).
+    reap(f);
+  }
+  // Hands at most a batch of the completions there are now to f, without entering.
+  // Inline reaping (io_uring_peek_batch_cqe is an out-of-line call that also
+  // checks for overflow flushes, which NODROP + check_overflow cover here).
+  template <class F>
+  void reap(F&& f) {
     const unsigned head = *r_.cq.khead;
     const unsigned n = std::min(io_uring_smp_load_acquire(r_.cq.ktail) - head, batch);
     std::array<completion, batch> done;
@@ -181,6 +195,7 @@ class ring {
   std::atomic<std::uint64_t> own_enters_{0};
   std::atomic<std::uint64_t>* enters_;
   bool fixed_ = false;
+  bool open_ = true;
 };
 
 // A CQE of an op posted with CQE_SKIP_SUCCESS only arrives on failure (or, for a
@@ -682,6 +697,149 @@ class fd_passing final : public session {
   ring ring_;
 };
 
+// kind::pingpong, raw_uring_coro: the floor's ring, fixed files and order, but every
+// send and receive is a co_await of the least an awaiter can be: its SQE goes into
+// the SQ (a receive at the end of the turn, behind the sends, as the floor orders
+// them) and its CQE resumes the coroutine straight from the reap loop. No
+// cancellation, time limit, per-socket order, speculation or error recovery: this is
+// what coroutines alone add to the floor. A coroutine waits for its send, so sends
+// cannot skip their CQE (4 CQEs per round trip against the floor's 2).
+class coro_pingpong final : public session {
+ public:
+  coro_pingpong(const workload& w, const config& cfg)
+      : msg_(w.msg_size),
+        out_(msg_, 'p'),
+        in_(2 * w.conns * msg_),
+        t0_(w.conns),
+        ring_(cfg, std::min(4096U, pow2_at_least(std::max<std::size_t>(64, 2 * w.conns + 8))),
+              pow2_at_least(std::max<std::size_t>(256, 4 * w.conns))) {
+    std::vector<int> fds;
+    for (std::size_t i = 0; i < w.conns; ++i) {
+      pairs_.push_back(make_socketpair(SOCK_STREAM));
+      fds.push_back(pairs_.back().a.get());
+      fds.push_back(pairs_.back().b.get());
+    }
+    ring_.register_files(fds.data(), static_cast<unsigned>(fds.size()));
+    late_.reserve(2 * w.conns);
+  }
+  ~coro_pingpong() override {
+    ring_.close_ring();  // no CQE can resume a frame after this
+    for (auto h : frames_) h.destroy();
+  }
+
+  counts run(slice& s) override {
+    counts c;
+    const std::uint64_t enters0 = ring_.enters(), ops0 = ops_;
+    slice_ = &s;
+    if (frames_.empty()) {
+      for (std::size_t i = 0; i < pairs_.size(); ++i) {
+        frames_.push_back(echo(i).h);  // its receive goes in first; it is late anyway
+        frames_.push_back(client(i).h);
+      }
+      for (auto h : frames_) h.resume();
+    }
+    while (!s.done(ops_ - ops0)) {
+      for (io* x : late_) prep(x);
+      late_.clear();
+      auto resume = [](const completion& cq) {
+        auto* x = reinterpret_cast<io*>(cq.user_data);
+        x->res = cq.res;
+        x->h.resume();
+      };
+      // Every completion there is before the next enter, so each receive still goes
+      // in behind the send that feeds it when a turn has more than a batch of them.
+      ring_.turn(resume);
+      while (io_uring_cq_ready(ring_.get()) != 0) ring_.reap(resume);
+      if (error_) std::rethrow_exception(error_);
+    }
+    ring_.check_overflow();
+    std::fill(t0_.begin(), t0_.end(), 0);
+    c.ops = ops_ - ops0;
+    c.bytes = c.ops * msg_ * 2;
+    c.enters = ring_.enters() - enters0;
+    return c;
+  }
+
+ private:
+  struct task {  // starts suspended; the session owns and destroys the frame
+    struct promise_type {
+      coro_pingpong* s;
+      promise_type(coro_pingpong& self, std::size_t) : s(&self) {}
+      task get_return_object() { return {std::coroutine_handle<promise_type>::from_promise(*this)}; }
+      std::suspend_always initial_suspend() noexcept { return {}; }
+      std::suspend_always final_suspend() noexcept { return {}; }
+      void return_void() noexcept {}
+      void unhandled_exception() noexcept { s->error_ = std::current_exception(); }
+    };
+    std::coroutine_handle<promise_type> h;
+  };
+  struct io {
+    coro_pingpong* s;
+    int fd;
+    char* p;
+    std::size_t n;
+    bool sends;
+    int res = 0;
+    std::coroutine_handle<> h{};
+    bool await_ready() const noexcept { return false; }
+    void await_suspend(std::coroutine_handle<> c) noexcept {
+      h = c;
+      if (sends) s->prep(this);
+      else s->late_.push_back(this);
+    }
+    int await_resume() const noexcept { return res; }
+  };
+  void prep(io* x) {
+    io_uring_sqe* e = ring_.sqe();
+    io_uring_prep_rw(x->sends ? IORING_OP_SEND : IORING_OP_RECV, e, x->fd, x->p, static_cast<unsigned>(x->n), 0);
+    e->msg_flags = x->sends ? MSG_NOSIGNAL : 0;
+    e->flags |= IOSQE_FIXED_FILE;
+    e->user_data = reinterpret_cast<std::uint64_t>(x);
+  }
+  task client(std::size_t i) {
+    const int fd = static_cast<int>(2 * i);
+    char* in = in_.data() + 2 * i * msg_;
+    for (;;) {
+      t0_[i] = slice_->sample(seq_++) ? slice::now_ns() : 0;
+      const int sent = co_await io{this, fd, out_.data(), msg_, true};
+      if (sent < 0) throw_res(sent, "send");
+      if (static_cast<std::size_t>(sent) != msg_) throw std::runtime_error("send: short");
+      for (std::size_t got = 0; got < msg_;) {
+        const int r = co_await io{this, fd, in + got, msg_ - got, false};
+        if (r <= 0) r == 0 ? throw std::runtime_error("recv: EOF") : throw_res(r, "recv");
+        got += static_cast<std::size_t>(r);
+      }
+      if (t0_[i] != 0) slice_->record_latency(slice::now_ns() - t0_[i]);
+      ++ops_;
+    }
+  }
+  task echo(std::size_t i) {
+    const int fd = static_cast<int>(2 * i + 1);
+    char* in = in_.data() + (2 * i + 1) * msg_;
+    for (;;) {
+      for (std::size_t got = 0; got < msg_;) {
+        const int r = co_await io{this, fd, in + got, msg_ - got, false};
+        if (r <= 0) r == 0 ? throw std::runtime_error("recv: EOF") : throw_res(r, "recv");
+        got += static_cast<std::size_t>(r);
+      }
+      const int sent = co_await io{this, fd, in, msg_, true};
+      if (sent < 0) throw_res(sent, "send");
+      if (static_cast<std::size_t>(sent) != msg_) throw std::runtime_error("send: short");
+    }
+  }
+
+  std::size_t msg_;
+  std::vector<char> out_, in_;
+  std::vector<std::int64_t> t0_;
+  std::vector<fd_pair> pairs_;
+  std::vector<std::coroutine_handle<>> frames_;
+  std::vector<io*> late_;
+  std::exception_ptr error_;
+  slice* slice_ = nullptr;
+  std::uint64_t seq_ = 0, ops_ = 0;
+  ring ring_;  // destroyed first (and closed by the destructor before the frames go)
+};
+
 template <class Session, bool PeerWaitsInUring = false>
 factory with(const config& cfg) {
   return [&cfg](const workload& w) -> std::unique_ptr<session> {
@@ -710,6 +868,11 @@ const registrar reg_preposted{all_kinds(
 const registrar reg_floor{all_kinds(
     cfg_floor, "raw_uring_preposted + fixed files, each recv queued behind the send that feeds it (completes inline)")};
 const registrar reg_nodt{all_kinds(cfg_nodt, "raw_uring_preposted on a ring without SINGLE_ISSUER|DEFER_TASKRUN")};
+const registrar reg_coro{{
+    .name = "raw_uring_coro",
+    .description = "raw_uring_floor's schedule driven by minimal C++20 coroutines (a CQE per op resumes it), pingpong only",
+    .factories = {{kind::pingpong, with<coro_pingpong>(cfg_floor)}},
+}};
 const registrar reg_mshot{{
     .name = cfg_mshot.name,
     .description = "raw_uring_preposted with multishot RECV from a provided buffer ring (copied out), pingpong kinds",
