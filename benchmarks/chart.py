@@ -3,19 +3,22 @@
 
     build/benchmarks/ringsock_bench --json > results.json
     python3 benchmarks/chart.py results.json -o chart.png
+    python3 benchmarks/chart.py run1.json run2.json run3.json -o chart.png   # medians over the runs
 
 One cluster per workload, one bar per implementation, each bar the implementation's
 median divided by the baseline's median in the same run (the number the table prints
 in its xraw_uring_floor column), so 1.0 is the strongest hand-written liburing
 schedule; a dashed line marks the 0.95 target. --baseline picks another ratio
 column (e.g. raw_uring_preposted); results from before the split, whose only raw
-baseline was "raw_uring", use that. Needs gnuplot (Debian: gnuplot-nox).
+baseline was "raw_uring", use that. With several results each bar is the median of the
+same-run ratios over the runs. Needs gnuplot (Debian: gnuplot-nox).
 """
 
 import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,7 +26,7 @@ import tempfile
 # The first of these that the results have a ratio for is the 1.0 line.
 BASELINES = ["raw_uring_floor", "raw_uring"]
 # Bars in this order, when present.
-DEFAULT_IMPLS = ["ringsock", "raw_uring_preposted", "raw_uring_mshot", "asio", "epoll", "blocking"]
+DEFAULT_IMPLS = ["ringsock", "raw_uring_coro", "raw_uring_preposted", "raw_uring_mshot", "asio", "epoll", "blocking"]
 LABELS = {
     "ringsock": "ringsock",
     "ringsock_nodt": "ringsock, no DEFER_TASKRUN",
@@ -31,6 +34,7 @@ LABELS = {
     "raw_uring_preposted": "raw liburing, recv pre-posted",
     "raw_uring_preposted_nodt": "raw liburing, pre-posted, no DEFER_TASKRUN",
     "raw_uring_mshot": "raw liburing, multishot + buffer ring",
+    "raw_uring_coro": "floor schedule, minimal coroutines",
     "raw_uring": "raw liburing",
     "raw_uring_nodt": "raw liburing, no DEFER_TASKRUN",
     "asio": "Boost.Asio (io_uring)",
@@ -54,16 +58,19 @@ def pick_baseline(data):
     sys.exit(f"chart.py: no result has a ratio to any of {', '.join(BASELINES)}; run the benchmark without --filter")
 
 
-def ratios(data, impls, baseline):
-    """{workload: {impl: ratio}} in the order workloads first appear."""
-    table = {}
-    for r in data["results"]:
-        if r.get("error"):
-            continue
-        ratio = r.get("ratios", {}).get(baseline)
-        if ratio is None:
-            continue
-        table.setdefault(r["workload"], {})[r["impl"]] = ratio
+def ratios(runs, impls, baseline):
+    """{workload: {impl: ratio}} in the order workloads first appear; with several runs,
+    the median of each cell's same-run ratios."""
+    samples = {}
+    for data in runs:
+        for r in data["results"]:
+            if r.get("error"):
+                continue
+            ratio = r.get("ratios", {}).get(baseline)
+            if ratio is None:
+                continue
+            samples.setdefault(r["workload"], {}).setdefault(r["impl"], []).append(ratio)
+    table = {w: {i: statistics.median(xs) for i, xs in cells.items()} for w, cells in samples.items()}
     workloads = [w for w in table if any(i in table[w] for i in impls)]
     if not workloads:
         sys.exit(f"chart.py: no result has a ratio to {baseline}; run the benchmark without --filter")
@@ -103,7 +110,7 @@ def gnuplot_script(datafile, out, fmt, title, impls, n_workloads, baseline):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("json", help="output of ringsock_bench --json")
+    ap.add_argument("json", nargs="+", help="output of ringsock_bench --json (several: medians over the runs)")
     ap.add_argument("-o", "--output", required=True, help="chart file: .png or .svg")
     ap.add_argument("--impl", action="append", help="implementations to draw (repeatable); default: "
                     + ", ".join(DEFAULT_IMPLS))
@@ -119,11 +126,12 @@ def main():
     if gnuplot is None:
         sys.exit("chart.py: gnuplot not found (apt-get install gnuplot-nox)")
 
-    data = load(args.json)
+    runs = [load(p) for p in args.json]
+    data = runs[0]
     baseline = args.baseline or pick_baseline(data)
     wanted = args.impl or ([i for i in DEFAULT_IMPLS if i != baseline] +
                            (["raw_uring_nodt"] if baseline == "raw_uring" else []))
-    workloads, table = ratios(data, wanted, baseline)
+    workloads, table = ratios(runs, wanted, baseline)
     impls = [i for i in wanted if any(i in table[w] for w in workloads)]
     title = args.title or (f"ringsock vs {LABELS.get(baseline, baseline)}: {data.get('cpu', '?')} x{data.get('cpus', '?')}, "
                            f"Linux {data.get('kernel', '?')}, {data.get('compiler', '?')}, "

@@ -4,10 +4,15 @@ rate and its ratio to each baseline measured in the same run.
 
     python3 benchmarks/table.py benchmarks/results/2026-12-02.json
     python3 benchmarks/table.py after.json --before before.json   # adds a column: ringsock's xepoll before
+    python3 benchmarks/table.py run1.json run2.json run3.json     # each cell the median over the runs
+
+With several results, each ratio is the median of the ratios measured within each run
+(never a ratio of medians taken from different runs), and the rate the median rate.
 """
 
 import argparse
 import json
+import statistics
 
 LABELS = {
     "pingpong_1thread": "ping-pong 64 B, 1 thread",
@@ -25,7 +30,7 @@ LABELS = {
     "dgram_64_recvmsg": "datagram 64 B (`receive`, recvmsg)",
 }
 BASELINES = [("epoll", "×epoll"), ("blocking", "×blocking"), ("raw_uring_floor", "×raw floor"),
-             ("raw_uring_preposted", "×raw preposted"), ("asio", "×Asio")]
+             ("raw_uring_preposted", "×raw preposted"), ("asio", "×Asio"), ("raw_uring_coro", "×raw coro")]
 
 
 def rate(r):
@@ -51,12 +56,33 @@ def ringsock_rows(path):
     return data, rows, set(medians)
 
 
+def median_rows(paths):
+    """ringsock_rows over several runs: per workload, the median rate and the median of
+    each same-run ratio (over the runs that measured it)."""
+    runs = [ringsock_rows(p) for p in paths]
+    data, impls = runs[0][0], set().union(*(r[2] for r in runs))
+    rows = {}
+    for w in LABELS:
+        per_run = [r[1][w] for r in runs if w in r[1]]
+        if not per_run:
+            continue
+        row = dict(per_run[0])
+        row["median"] = statistics.median(r["median"] for r in per_run)
+        row["ratios"] = {}
+        for impl, _ in BASELINES:
+            xs = [r["ratios"][impl] for r in per_run if r["ratios"].get(impl)]
+            if xs:
+                row["ratios"][impl] = statistics.median(xs)
+        rows[w] = row
+    return data, rows, impls
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("result")
+    ap.add_argument("result", nargs="+")
     ap.add_argument("--before", help="an earlier result: its ringsock ×epoll is shown beside")
     args = ap.parse_args()
-    data, rows, impls = ringsock_rows(args.result)
+    data, rows, impls = median_rows(args.result)
     before = ringsock_rows(args.before)[1] if args.before else {}
     head = ["workload", "ringsock"] + [label for _, label in BASELINES]
     if before:
