@@ -105,6 +105,24 @@ task<io_result<received_message>> receive_one(io_context& ctx, int type, unique_
     co_return co_await s.receive(buf, max_fds, lim);
 }
 
+/// Receives a message whose descriptors `max_fds` 0 refuses, then a plain one. The
+/// sender runs now (the messages wait queued) or, with `waiting`, once the receive waits.
+template <class Socket, class Sender>
+task<void> receive_refused_then_plain(io_context& ctx, Socket& s, std::span<char> buf, bool waiting, Sender& sender) {
+    if (waiting) ringsock::post(ctx, sender);
+    else sender();
+    auto r = co_await s.receive(buf, 0);
+    REQUIRE_FALSE(r);
+    CHECK(r.error() == ringsock::errc::fds_truncated);
+    CHECK(r.partial_value().bytes == 4);
+    CHECK(r.partial_value().fds.empty());
+    auto next = co_await s.receive(buf, 0);
+    REQUIRE(next);
+    CHECK(next->bytes == 4);
+    CHECK(next->flags == 0);
+    CHECK(std::string_view(buf.data(), 4) == "next");
+}
+
 }  // namespace
 
 TEST_CASE("fd_passing: 1, 2, 3 and 253 descriptors from a forked child arrive in order, owned and close-on-exec, on stream, seqpacket and dgram",
@@ -224,6 +242,42 @@ TEST_CASE("fd_passing: a receiver that accepts fewer descriptors than were sent 
     CHECK(r.partial_value().fds.empty());
     if (count == 253 && type != SOCK_STREAM) CHECK((r.partial_value().flags & MSG_CTRUNC) != 0);
     for (auto& p : pipes) CHECK(pipe_at_eof(p.r.get()));
+}
+
+TEST_CASE("fd_passing: a message receive that takes no descriptors reports fds_truncated when some were sent, and the next plain message arrives clean",
+          "[fd_passing]") {
+    // The receive takes a shortcut for a message that arrived without control data;
+    // descriptors that did arrive must never take it (they would stay installed).
+    const int type = GENERATE(SOCK_SEQPACKET, SOCK_DGRAM);
+    const bool waiting = GENERATE(false, true);  // the receive waits on the ring, or the message is queued
+    CAPTURE(type_name(type), waiting);
+    const std::size_t fds_before = ringsock::test::open_fd_count();
+    {
+        raw_pair sp(type);
+        std::array<pipe_fds, 2> pipes;
+        io_context ctx;
+        std::array<char, 16> buf{};
+        auto sender = [&]() {
+            const int w[2] = {pipes[0].w.get(), pipes[1].w.get()};
+            REQUIRE(raw_send_fds(sp.b.get(), "data", w, 2));
+            REQUIRE(::send(sp.b.get(), "next", 4, MSG_NOSIGNAL) == 4);
+            for (auto& p : pipes) p.w.reset();  // only the copies in flight remain
+        };
+        auto body = [&]() -> task<void> {
+            if (type == SOCK_SEQPACKET) {
+                ringsock::seqpacket_socket s(ctx, std::move(sp.a));
+                co_await receive_refused_then_plain(ctx, s, buf, waiting, sender);
+            } else {
+                ringsock::datagram_socket s(ctx, std::move(sp.a));
+                co_await receive_refused_then_plain(ctx, s, buf, waiting, sender);
+            }
+        };
+        auto t = body();
+        ctx.sync_wait(std::move(t));
+        // The descriptors that did not fit were never installed: the write ends are gone.
+        for (auto& p : pipes) CHECK(pipe_at_eof(p.r.get()));
+    }
+    CHECK(ringsock::test::open_fd_count() == fds_before);
 }
 
 TEST_CASE("fd_passing: a cancelled or timed-out receive leaks nothing, and descriptors sent afterwards are never installed",

@@ -314,6 +314,13 @@ public:
         // Own whatever arrived before anything else happens.
         std::size_t clen = std::min<std::size_t>(msg_.msg_controllen, ctrl_.size());
         if (msg_.msg_control == nullptr) clen = 0;
+        if (kind_ == kind::message && clen == 0 && !(msg_.msg_flags & MSG_CTRUNC)) [[likely]] {
+            // The common message: no control data, so nothing to own or parse.
+            flags_ |= msg_.msg_flags & ~MSG_CMSG_CLOEXEC;
+            full_ = static_cast<std::size_t>(res_);
+            if (want_sender_) take_sender();
+            return true;
+        }
         // Stream reads parse into the queue's scratch vector: no allocation per read.
         fd_queue* queue = kind_ == kind::message || !socket() ? nullptr : socket()->fds;
         parsed_control c = parse_control({ctrl_.data(), clen}, msg_.msg_flags, max_fds_,
@@ -326,9 +333,7 @@ public:
             result_.fds = std::move(c.fds);
             result_.sender_credentials = c.creds;
             result_.sender_pidfd = std::move(c.pidfd);
-            if (want_sender_) {
-                result_.sender = endpoint::from_native(addr_, std::min<socklen_t>(msg_.msg_namelen, sizeof addr_));
-            }
+            if (want_sender_) take_sender();
             return true;
         }
         bool more = tally_.add(res_, *this);
@@ -377,7 +382,7 @@ public:
     io_result<std::size_t> resume_bytes() noexcept {
         finish_wait();
         if (len_ == 0) return std::size_t{0};
-        return tally_.result(*this, res_, what_, fd_error_);
+        return tally_.result(*this, res_, what_, fd_error_.get());
     }
 
     /// fd_stream::receive and the message sockets' receives.
@@ -389,7 +394,7 @@ public:
             if (res_ < 0) return {std::move(m), result_error(), what_};
             m.bytes = std::min(full_, len_);
             m.full_size = full_;
-            if (fd_error_) return {std::move(m), fd_error_, what_};
+            if (fd_error_) return {std::move(m), fd_error_.get(), what_};
             if ((flags_ & MSG_TRUNC) || full_ > len_)
                 return {std::move(m), make_error_code(errc::message_truncated), what_};
             return std::move(m);
@@ -413,11 +418,15 @@ public:
             }
         }
         if (len_ != 0 && res_ < 0 && tally_.done == 0) return {std::move(m), result_error(), what_};
-        if (fd_error_) return {std::move(m), fd_error_, what_};
+        if (fd_error_) return {std::move(m), fd_error_.get(), what_};
         return std::move(m);
     }
 
 private:
+    void take_sender() noexcept {
+        result_.sender = endpoint::from_native(addr_, std::min<socklen_t>(msg_.msg_namelen, sizeof addr_));
+    }
+
     int fd_;
     std::byte* buf_;
     std::size_t len_;
@@ -428,7 +437,8 @@ private:
     bool want_sender_;
     int flags_ = 0;
     const char* what_;
-    std::error_code fd_error_{};
+    // Not a std::error_code: constructing one calls system_category(), per receive.
+    stored_error fd_error_{};
     received_message result_;
     iovec iov_{};
     msghdr msg_{};
