@@ -3,12 +3,16 @@
 // ASan: a double destruction of the stop token shows up as a use-after-free there).
 #include <catch2/catch.hpp>
 
+#include <ringsock/datagram_socket.hpp>
+#include <ringsock/fd_stream.hpp>
 #include <ringsock/io_context.hpp>
 #include <ringsock/op_limits.hpp>
+#include <ringsock/seqpacket_socket.hpp>
 #include <ringsock/stream_socket.hpp>
 #include <ringsock/task.hpp>
 #include <ringsock/timer.hpp>
 
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <array>
@@ -108,6 +112,43 @@ task<void> stop_later(io_context& ctx, std::stop_source* source, std::chrono::mi
 task<void> write_later(io_context& ctx, stream_socket& peer, std::chrono::milliseconds after) {
     (void)co_await ringsock::sleep_for(ctx, after);
     (void)co_await peer.write_all(std::string_view("late"));
+}
+
+task<void> send_later(io_context& ctx, int fd, std::chrono::milliseconds after) {
+    (void)co_await ringsock::sleep_for(ctx, after);
+    for (int i = 0; i < 2; ++i) (void)::send(fd, "late", 4, MSG_NOSIGNAL);
+}
+
+/// What a named op_limits went through on receives that return a received_message.
+struct named_limits_run {
+    int received = 0;          // receives that got their message
+    bool token_kept = false;   // the named limits still held their token after each
+    std::error_code waiting;   // the receive that waited when the stop came
+    std::error_code after;     // a receive with the same limits after the stop
+};
+
+/// Receives with ONE named op_limits, as users write `co_await s.receive(buf, lim)`:
+/// three messages that are there, then one that waits until `source` is stopped, then
+/// one more after. `Receive` is the call: receive(), receive_from() or fd_stream's.
+template <class Socket, class Peer, class Receive>
+task<void> receive_with_named_limits(io_context& ctx, Socket& s, Peer& peer, std::stop_source& source,
+                                     Receive receive, named_limits_run* out) {
+    std::array<char, 8> buf{};
+    op_limits lim{source.get_token()};
+    out->token_kept = true;
+    for (int i = 0; i < 3; ++i) {
+        if (::send(peer.native_handle(), "m", 1, MSG_NOSIGNAL) != 1) co_return;
+        auto r = co_await receive(s, buf, lim);
+        if (r && r->bytes == 1 && buf[0] == 'm') ++out->received;
+        out->token_kept = out->token_kept && lim.stop.stop_possible();
+    }
+    ctx.spawn(stop_later(ctx, &source, 5ms));
+    // Should the stop be lost, these messages end both waits (a failure, not a hang).
+    ctx.spawn(send_later(ctx, peer.native_handle(), 100ms));
+    auto w = co_await receive(s, buf, lim);
+    out->waiting = w.error();
+    auto a = co_await receive(s, buf, lim);
+    out->after = a.error();
 }
 
 }  // namespace
@@ -316,4 +357,34 @@ TEST_CASE("op_limits: a read that has data returns it even with a long time limi
     }
     REQUIRE_FALSE(source.stop_requested());
     REQUIRE(ctx.outstanding_work() == 0);
+}
+
+TEST_CASE("op_limits: a named op_limits shared by message receives keeps its token; a stop cancels the waiting receive and the next",
+          "[op_limits]") {
+    const ringsock::test::fd_leak_guard no_leak;
+    io_context ctx;
+    std::stop_source source;
+    named_limits_run run;
+    SECTION("seqpacket receive") {
+        auto [s, peer] = ringsock::seqpacket_socket::pair(ctx).value();
+        auto call = [](auto& sock, std::span<char> b, op_limits& l) { return sock.receive(b, l); };
+        ctx.spawn(receive_with_named_limits(ctx, s, peer, source, call, &run));
+        ctx.run();
+    }
+    SECTION("datagram receive_from") {
+        auto [s, peer] = ringsock::datagram_socket::pair(ctx).value();
+        auto call = [](auto& sock, std::span<char> b, op_limits& l) { return sock.receive_from(b, l); };
+        ctx.spawn(receive_with_named_limits(ctx, s, peer, source, call, &run));
+        ctx.run();
+    }
+    SECTION("fd_stream receive") {
+        auto [s, peer] = ringsock::fd_stream::pair(ctx).value();
+        auto call = [](auto& sock, std::span<char> b, op_limits& l) { return sock.receive(b, l); };
+        ctx.spawn(receive_with_named_limits(ctx, s, peer, source, call, &run));
+        ctx.run();
+    }
+    CHECK(run.received == 3);
+    CHECK(run.token_kept);
+    CHECK(run.waiting == std::errc::operation_canceled);
+    CHECK(run.after == std::errc::operation_canceled);
 }

@@ -132,13 +132,13 @@ public:
     /// unnamed when the sender is not bound (e.g. logger(1), or a datagram_socket::open()).
     template <writable_bytes B>
     [[nodiscard]] auto receive_from(B&& buf, op_limits lim = {}) {
-        return recv(as_writable_bytes(buf), max_fds_per_message, true, "receive_from", lim);
+        return recv(as_writable_bytes(buf), max_fds_per_message, true, "receive_from", std::move(lim));
     }
     /// receive_from() accepting at most `max_fds` descriptors per message, as
     /// receive(buf, max_fds).
     template <writable_bytes B>
     [[nodiscard]] auto receive_from(B&& buf, std::size_t max_fds, op_limits lim = {}) {
-        return recv(as_writable_bytes(buf), max_fds, true, "receive_from", lim);
+        return recv(as_writable_bytes(buf), max_fds, true, "receive_from", std::move(lim));
     }
 
     /// Closes the socket (its operations end with operation_canceled, as in

@@ -82,13 +82,13 @@ public:
     /// errc::fds_truncated, with the bytes read in partial_value().
     template <writable_bytes B>
     [[nodiscard]] auto read_some(B&& buf, op_limits lim = {}) {
-        return read(as_writable_bytes(buf), detail::recv_msg_op::kind::stream_some, "read_some", lim);
+        return read(as_writable_bytes(buf), detail::recv_msg_op::kind::stream_some, "read_some", std::move(lim));
     }
     /// Fills the whole buffer, queueing descriptors on the way. Early end of stream is
     /// errc::end_of_stream; the bytes that did arrive are in partial_value().
     template <writable_bytes B>
     [[nodiscard]] auto read_exact(B&& buf, op_limits lim = {}) {
-        return read(as_writable_bytes(buf), detail::recv_msg_op::kind::stream_exact, "read_exact", lim);
+        return read(as_writable_bytes(buf), detail::recv_msg_op::kind::stream_exact, "read_exact", std::move(lim));
     }
     /// read_some that also hands over the queue: co_await yields
     /// io_result<received_message> whose `fds` are all descriptors received so far and
@@ -97,7 +97,7 @@ public:
     [[nodiscard]] auto receive(B&& buf, op_limits lim = {}) {
         auto s = as_writable_bytes(buf);
         return detail::message_awaiter(bound_context(), fd_.get(), &state_, s, detail::recv_msg_op::kind::stream_receive,
-                                       detail::scm_max_fd, false, "receive", lim);
+                                       detail::scm_max_fd, false, "receive", std::move(lim));
     }
 
     /// Sends at least one byte (fewer than asked if the socket buffer is full).
@@ -146,8 +146,9 @@ public:
 
 private:
     detail::stream_read_awaiter read(std::span<std::byte> s, detail::recv_msg_op::kind k, const char* what,
-                                     const op_limits& lim) {
-        return detail::stream_read_awaiter(bound_context(), fd_.get(), &state_, s, k, detail::scm_max_fd, false, what, lim);
+                                     op_limits&& lim) {
+        return detail::stream_read_awaiter(bound_context(), fd_.get(), &state_, s, k, detail::scm_max_fd, false, what,
+                                           std::move(lim));
     }
 
     detail::fd_queue queue_{{}, default_fd_limit, {}};

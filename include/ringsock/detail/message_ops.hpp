@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstddef>
+#include <optional>
 #include <span>
 #include <utility>
 #include <vector>
@@ -253,8 +254,8 @@ public:
     enum class kind : unsigned char { stream_some, stream_exact, stream_receive, message };
 
     recv_msg_op(io_context& ctx, int fd, socket_state* st, std::span<std::byte> buf, kind k,
-                std::size_t max_fds, bool want_sender, const char* what, const op_limits& lim) noexcept
-        : operation(ctx, lim), fd_(fd), buf_(buf.data()), len_(buf.size()),
+                std::size_t max_fds, bool want_sender, const char* what, op_limits&& lim) noexcept
+        : operation(ctx, std::move(lim)), fd_(fd), buf_(buf.data()), len_(buf.size()),
           max_fds_(std::min(max_fds, scm_max_fd)), kind_(k), want_sender_(want_sender), what_(what) {
         attach(st, &st->recv_gate);
         tally_.total = len_;
@@ -330,9 +331,10 @@ public:
         if (c.error && !fd_error_) fd_error_ = c.error;
         if (kind_ == kind::message) {
             full_ = static_cast<std::size_t>(res_);
-            result_.fds = std::move(c.fds);
-            result_.sender_credentials = c.creds;
-            result_.sender_pidfd = std::move(c.pidfd);
+            received_message& m = taken();
+            m.fds = std::move(c.fds);
+            m.sender_credentials = c.creds;
+            m.sender_pidfd = std::move(c.pidfd);
             if (want_sender_) take_sender();
             return true;
         }
@@ -353,12 +355,12 @@ public:
                 // receive() returns this read's descriptors itself: they stay in the
                 // operation, so they are not lost if the socket dies before it resumes.
                 try {
-                    result_.fds.reserve(result_.fds.size() + c.fds.size());
+                    taken().fds.reserve(taken().fds.size() + c.fds.size());
                 } catch (...) {
                     ec = std::make_error_code(std::errc::not_enough_memory);
                 }
                 if (!ec) {
-                    for (auto& f : c.fds) result_.fds.push_back(std::move(f));  // room reserved
+                    for (auto& f : c.fds) taken().fds.push_back(std::move(f));  // room reserved
                     c.fds.clear();
                 }
             }
@@ -388,7 +390,9 @@ public:
     /// fd_stream::receive and the message sockets' receives.
     io_result<received_message> resume_message() noexcept {
         finish_wait();
-        received_message& m = result_;  // moved out once, straight into the result
+        if (kind_ == kind::message && !taken_ && res_ >= 0 && !fd_error_ && !(flags_ & MSG_TRUNC) && full_ <= len_)
+            [[likely]] return plain_message();
+        received_message& m = taken();  // moved out once, straight into the result
         m.flags = flags_;
         if (kind_ == kind::message) {
             if (res_ < 0) return {std::move(m), result_error(), what_};
@@ -424,7 +428,22 @@ public:
 
 private:
     void take_sender() noexcept {
-        result_.sender = endpoint::from_native(addr_, std::min<socklen_t>(msg_.msg_namelen, sizeof addr_));
+        taken().sender = endpoint::from_native(addr_, std::min<socklen_t>(msg_.msg_namelen, sizeof addr_));
+    }
+    /// What on_complete took that goes to the caller (descriptors, credentials, the
+    /// sender), made on first use.
+    received_message& taken() noexcept {
+        if (!taken_) taken_.emplace();
+        return *taken_;
+    }
+    /// A whole message that brought nothing else: built in the result itself.
+    io_result<received_message> plain_message() const noexcept {
+        io_result<received_message> out;
+        received_message& m = out.partial_value();
+        m.bytes = full_;
+        m.full_size = full_;
+        m.flags = flags_;
+        return out;
     }
 
     int fd_;
@@ -439,7 +458,9 @@ private:
     const char* what_;
     // Not a std::error_code: constructing one calls system_category(), per receive.
     stored_error fd_error_{};
-    received_message result_;
+    // Empty for the common message, so that it costs no construction, move or
+    // destruction of a received_message beside the one returned.
+    std::optional<received_message> taken_;
     iovec iov_{};
     msghdr msg_{};
     sockaddr_un addr_;  // zeroed by prepare() when the sender is wanted, else unused

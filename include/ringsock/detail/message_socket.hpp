@@ -44,13 +44,13 @@ public:
     ///    of them were closed; the bytes are in partial_value().
     template <writable_bytes B>
     [[nodiscard]] auto receive(B&& buf, op_limits lim = {}) {
-        return recv(as_writable_bytes(buf), max_fds_per_message, false, "receive", lim);
+        return recv(as_writable_bytes(buf), max_fds_per_message, false, "receive", std::move(lim));
     }
     /// receive() accepting at most `max_fds` descriptors per message: the control
     /// buffer is sized for it, so the kernel does not even install the surplus.
     template <writable_bytes B>
     [[nodiscard]] auto receive(B&& buf, std::size_t max_fds, op_limits lim = {}) {
-        return recv(as_writable_bytes(buf), max_fds, false, "receive", lim);
+        return recv(as_writable_bytes(buf), max_fds, false, "receive", std::move(lim));
     }
 
     /// Receives one message into a buffer the kernel picks from `ring` when it arrives:
@@ -71,16 +71,17 @@ public:
     template <writable_bytes B>
     [[nodiscard]] auto receive_bytes(B&& buf, op_limits lim = {}) {
         auto bytes = as_writable_bytes(buf);
-        return transfer_op(bound_context(), fd_.get(), &state_, bytes.data(), bytes.size(), transfer_op::kind::recv_message, std::move(lim));
+        return transfer_op(bound_context(), fd_.get(), &state_, bytes.data(), bytes.size(),
+                           transfer_op::kind::recv_message, std::move(lim));
     }
 
 protected:
     using socket_base::socket_base;
 
     message_awaiter recv(std::span<std::byte> s, std::size_t max_fds, bool sender, const char* what,
-                         const op_limits& lim) {
+                         op_limits&& lim) {
         return message_awaiter(bound_context(), fd_.get(), &state_, s, recv_msg_op::kind::message, max_fds, sender,
-                               what, lim);
+                               what, std::move(lim));
     }
 };
 
