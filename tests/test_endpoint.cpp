@@ -13,6 +13,8 @@
 #include <cctype>
 #include <cstddef>
 #include <cstdlib>
+#include <cstring>
+#include <new>
 #include <string>
 #include <string_view>
 
@@ -294,4 +296,61 @@ TEST_CASE("endpoint: equality compares kind, length and every byte", "[endpoint]
     REQUIRE(endpoint{} == endpoint::autobind());
     REQUIRE(endpoint{} != a2);
     REQUIRE(p1 != endpoint{});
+}
+
+namespace {
+/// Leaves a pattern in the stack below the caller, where the next call's locals go.
+[[gnu::noinline]] void scribble_stack() {
+    volatile unsigned char junk[4096];
+    for (auto& b : junk) b = 0xAB;
+}
+}  // namespace
+
+TEST_CASE("endpoint: only the first size() bytes count: endpoints built over scribbled memory read, compare and bind the same",
+          "[endpoint]") {
+    // An endpoint zeroes no more than it must (a received message builds one each time),
+    // so nothing may depend on the bytes past size().
+    alignas(endpoint) unsigned char raw[sizeof(endpoint)];
+    std::memset(raw, 0xAB, sizeof raw);
+    auto* unnamed = ::new (static_cast<void*>(raw)) endpoint();
+    CHECK(unnamed->is_unnamed());
+    CHECK(unnamed->size() == header);
+    CHECK(unnamed->to_string() == "(unnamed)");
+    CHECK(*unnamed == endpoint::autobind());
+
+    for (std::size_t n : {1u, 2u, 7u, 64u, 107u}) {
+        CAPTURE(n);
+        const std::string name(n, 'p');
+        scribble_stack();
+        const endpoint p = endpoint::path(name).value();
+        CHECK(p.native().sun_path[n] == '\0');  // the NUL the length counts is written
+        CHECK(p.path_name() == name);
+        CHECK(p.size() == header + n + 1);
+        scribble_stack();
+        CHECK(p == endpoint::path(name).value());
+        scribble_stack();
+        const endpoint a = endpoint::abstract(name).value();
+        CHECK(a.abstract_name() == name);
+        CHECK(a == endpoint::abstract(name).value());
+        CHECK(a != p);
+    }
+
+    // A path built over scribbled stack binds at exactly that path.
+    char dir_template[] = "/tmp/rs-endpoint-XXXXXX";
+    REQUIRE(::mkdtemp(dir_template) != nullptr);
+    const std::string path = std::string(dir_template) + "/s";
+    scribble_stack();
+    const endpoint p = endpoint::path(path).value();
+    unique_fd s(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    REQUIRE(s.valid());
+    REQUIRE(::bind(s.get(), p.data(), p.size()) == 0);
+    struct stat st{};
+    CHECK(::stat(path.c_str(), &st) == 0);
+    CHECK(S_ISSOCK(st.st_mode));
+    sockaddr_un got{};
+    socklen_t len = sizeof got;
+    REQUIRE(::getsockname(s.get(), reinterpret_cast<sockaddr*>(&got), &len) == 0);
+    CHECK(endpoint::from_native(got, len).path_name() == path);
+    ::unlink(path.c_str());
+    ::rmdir(dir_template);
 }
