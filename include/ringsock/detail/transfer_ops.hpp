@@ -153,8 +153,6 @@ public:
         // (A broken write has a negative res_, a message sets bit 4 of its kind.)
         if (res_ >= 0 && !is_message() && (!tally_.whole || tally_.done == tally_.total)) [[likely]]
             return tally_.done;
-        // A message sent whole (a send never truncates): no call out of line.
-        if (kind_ == kind::send_message && res_ >= 0) return static_cast<std::size_t>(res_);
         return slow_result();
     }
 
