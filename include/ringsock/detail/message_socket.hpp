@@ -25,8 +25,8 @@ public:
     template <readable_bytes B>
     [[nodiscard]] auto send(const B& buf, op_limits lim = {}) {
         auto bytes = as_bytes(buf);
-        return transfer_op(bound_context(), fd_.get(), &state_, const_cast<std::byte*>(bytes.data()), bytes.size(),
-                           transfer_op::kind::send_message, std::move(lim));
+        return message_transfer(bound_context(), fd_.get(), &state_, const_cast<std::byte*>(bytes.data()), bytes.size(),
+                                transfer_op::kind::send_message, std::move(lim));
     }
     /// Sends `buf` as one message carrying `fds` (which stay ours). An empty message
     /// may carry descriptors. Errors (nothing sent): errc::too_many_fds (over 253), EBADF.
@@ -71,8 +71,8 @@ public:
     template <writable_bytes B>
     [[nodiscard]] auto receive_bytes(B&& buf, op_limits lim = {}) {
         auto bytes = as_writable_bytes(buf);
-        return transfer_op(bound_context(), fd_.get(), &state_, bytes.data(), bytes.size(),
-                           transfer_op::kind::recv_message, std::move(lim));
+        return message_transfer(bound_context(), fd_.get(), &state_, bytes.data(), bytes.size(),
+                                transfer_op::kind::recv_message, std::move(lim));
     }
 
 protected:

@@ -155,6 +155,15 @@ public:
             return tally_.done;
         return slow_result();
     }
+    /// await_resume of a whole message (send, receive_bytes): its size, inline. Only
+    /// message_transfer calls it, so the stream coroutines' code stays as it is.
+    [[gnu::always_inline]] io_result<std::size_t> resume_message() noexcept {
+        finish_wait();
+        // A send's size, or a received message that fit (a longer one was truncated).
+        if (res_ >= 0 && static_cast<std::size_t>(res_) <= tally_.total) [[likely]]
+            return static_cast<std::size_t>(res_);
+        return slow_result();
+    }
 
 private:
     /// Speculative I/O: when this operation would be alone in the next enter (nothing
@@ -232,6 +241,19 @@ private:
 
 /// Scatter/gather: IORING_OP_SENDMSG / RECVMSG over an iovec array that the operation
 /// copies (inline up to 8 entries), so partial transfers can advance it.
+/// The awaiter of a whole-message send or receive_bytes on a message socket.
+class message_transfer {
+public:
+    template <class... A>
+    explicit message_transfer(A&&... a) noexcept : op_(std::forward<A>(a)...) {}
+    bool await_ready() noexcept { return op_.await_ready(); }
+    void await_suspend(std::coroutine_handle<> h) { op_.await_suspend(h); }
+    io_result<std::size_t> await_resume() noexcept { return op_.resume_message(); }
+
+private:
+    transfer_op op_;
+};
+
 class vectored_op final : public operation {
 public:
     enum class kind : unsigned char { recv_some, recv_exact, send_some, send_all };
