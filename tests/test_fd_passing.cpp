@@ -19,6 +19,8 @@
 
 #include "support/fd_count.hpp"
 #include "support/fork_child.hpp"
+#include "support/raw_fds.hpp"
+#include "support/turn_support.hpp"
 
 using namespace std::chrono_literals;
 using ringsock::io_context;
@@ -29,63 +31,17 @@ using ringsock::unique_fd;
 using ringsock::test::child_process;
 using ringsock::test::has_cloexec;
 using ringsock::test::pipe_at_eof;
+using ringsock::test::pipe_fds;
+using ringsock::test::raw_pair;
+using ringsock::test::raw_send_fds;
+using ringsock::test::stop_when_consumed;
+using ringsock::test::numbered_eventfds;
+using ringsock::test::eventfd_value;
 
 namespace {
 
 const char* type_name(int type) {
     return type == SOCK_STREAM ? "stream" : type == SOCK_SEQPACKET ? "seqpacket" : "dgram";
-}
-
-struct raw_pair {
-    unique_fd a, b;
-    explicit raw_pair(int type) {
-        int sv[2];
-        REQUIRE(::socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0, sv) == 0);
-        a.reset(sv[0]);
-        b.reset(sv[1]);
-    }
-};
-
-struct pipe_fds {
-    unique_fd r, w;
-    pipe_fds() {
-        int p[2];
-        REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
-        r.reset(p[0]);
-        w.reset(p[1]);
-    }
-};
-
-/// Raw sendmsg with SCM_RIGHTS, as another program (or the child) would do it.
-bool raw_send_fds(int sock, std::string_view data, const int* fds, std::size_t n) {
-    alignas(cmsghdr) char ctrl[CMSG_SPACE(253 * sizeof(int))] = {};
-    iovec iov{const_cast<char*>(data.data()), data.size()};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    if (n > 0) {
-        msg.msg_control = ctrl;
-        msg.msg_controllen = CMSG_SPACE(n * sizeof(int));
-        cmsghdr* c = CMSG_FIRSTHDR(&msg);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(n * sizeof(int));
-        std::memcpy(CMSG_DATA(c), fds, n * sizeof(int));
-    }
-    return ::sendmsg(sock, &msg, MSG_NOSIGNAL) == static_cast<ssize_t>(data.size());
-}
-
-/// `n` eventfds whose counters are 1..n, so the receiver can tell them apart.
-std::vector<unique_fd> numbered_eventfds(std::size_t n) {
-    std::vector<unique_fd> v;
-    for (std::size_t i = 0; i < n; ++i) v.emplace_back(::eventfd(static_cast<unsigned>(i + 1), EFD_CLOEXEC));
-    return v;
-}
-
-std::uint64_t eventfd_value(int fd) {
-    std::uint64_t v = 0;
-    if (::read(fd, &v, sizeof v) != sizeof v) return 0;
-    return v;
 }
 
 /// Receives one message on a socket of any of the three types, the way an application
@@ -330,21 +286,6 @@ task<void> receive_never_resumed(io_context& ctx, int type, unique_fd fd, bool& 
         auto r = co_await s.receive(buf);
         resumed = true;
         (void)r;
-    }
-}
-
-// Stops the loop in the turn where the receive's completion has been reaped (its
-// data has left the socket) but before the receiver runs: it sits ahead of it in the
-// ready list, because it was queued a turn earlier.
-task<void> stop_when_consumed(io_context& ctx, int receiving_fd, bool& consumed) {
-    for (int i = 0; i < 1000; ++i) {
-        co_await ctx.yield();
-        int pending = -1;
-        if (::ioctl(receiving_fd, FIONREAD, &pending) == 0 && pending == 0) {
-            consumed = true;
-            ctx.stop();
-            co_return;
-        }
     }
 }
 

@@ -10,6 +10,7 @@
 
 #include <liburing.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -120,5 +121,20 @@ inline bool only_real_bytes(const std::string& s) {
 
 inline bool canceled(const std::error_code& ec) { return ec == std::errc::operation_canceled; }
 inline bool timed_out(const std::error_code& ec) { return ec == std::errc::timed_out; }
+
+/// Stops the loop in the turn where a receive's completion has been reaped (its data
+/// has left the socket) but before the receiver runs: spawned before the receive, it
+/// sits ahead of it in the ready list. Sets `consumed` when that happened.
+inline task<void> stop_when_consumed(io_context& ctx, int receiving_fd, bool& consumed) {
+    for (int i = 0; i < 1000; ++i) {
+        co_await ctx.yield();
+        int pending = -1;
+        if (::ioctl(receiving_fd, FIONREAD, &pending) == 0 && pending == 0) {
+            consumed = true;
+            ctx.stop();
+            co_return;
+        }
+    }
+}
 
 }  // namespace ringsock::test
