@@ -239,8 +239,6 @@ private:
     bool broken_ = false;
 };
 
-/// Scatter/gather: IORING_OP_SENDMSG / RECVMSG over an iovec array that the operation
-/// copies (inline up to 8 entries), so partial transfers can advance it.
 /// The awaiter of a whole-message send or receive_bytes on a message socket.
 class message_transfer {
 public:
@@ -254,6 +252,8 @@ private:
     transfer_op op_;
 };
 
+/// Scatter/gather: IORING_OP_SENDMSG / RECVMSG over an iovec array that the operation
+/// copies (inline up to 8 entries), so partial transfers can advance it.
 class vectored_op final : public operation {
 public:
     enum class kind : unsigned char { recv_some, recv_exact, send_some, send_all };
